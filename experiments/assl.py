@@ -1,0 +1,30 @@
+"""Runs an active (semi-)supervised learning experiment from a config file.
+
+    python experiments/assl.py --config experiments/configs/fmnist_quick.py --workdir runs/quick
+    python experiments/assl.py --config experiments/configs/fmnist_quick.py \
+        --config.strategies=passive --config.seeds=0,1 --workdir runs/quick
+
+Re-running the same command resumes after the last finished round.
+"""
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for records, checkpoints, plots.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from npc_jax import loop, results, utils
+    utils.enable_compilation_cache()
+    records = loop.run(_CONFIG.value, _WORKDIR.value)
+    print()
+    print(results.format_table(records))
+    print(f"\nrecords: {_WORKDIR.value}/results.jsonl   plot: {_WORKDIR.value}/accuracy.png")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,119 @@
+"""Classifiers and the function views of them that the rest of the library uses.
+
+Every model is a Flax module whose ``__call__(x, train=..., return_features=...)``
+gives logits (and, on request, the penultimate features that feed the last
+layer). `Model` wraps a module into the function views used elsewhere:
+
+* ``apply_fn(variables, x) -> logits``: inference mode (BatchNorm running
+  statistics), the neural-tangents calling convention used by kernels.
+* ``apply_with_features(variables, x) -> (logits, features)``.
+* ``apply_train(variables, x) -> (logits, new_batch_stats)``: train mode.
+
+Images enter as float32 in [0, 1], shape (B, H, W, C).
+The last layer is always a `Dense` named ``"classifier"`` so that last-layer
+kernels (NPC, BADGE) can find it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Variables = Any  # {"params": ..., "batch_stats": ...}
+
+CLASSIFIER = "classifier"
+
+
+class SmallCNN(nn.Module):
+    """A ~100k-parameter CNN with BatchNorm for CPU runs on 28x28 images.
+
+    conv3x3(32) -> pool -> conv3x3(64) -> conv3x3(64) -> pool -> conv3x3(64)
+    -> global average pool -> dense(feature_dim) -> classifier(num_classes).
+    Each conv is followed by BatchNorm and ReLU (convs carry no bias: BN's does).
+
+    The penultimate width (`feature_dim` = 128) is deliberately larger than the
+    labeled sets NPC scores: the last-layer kernel on logits has rank at most
+    feature_dim + 1, so a narrower head would make every batch's λ_min zero.
+    """
+
+    num_classes: int
+    widths: Sequence[int] = (32, 64, 64, 64)
+    feature_dim: int = 128
+    bn_momentum: float = 0.99
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False, return_features: bool = False):
+        norm = functools.partial(
+            nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+            epsilon=1e-5)
+        for i, width in enumerate(self.widths):
+            x = nn.Conv(width, (3, 3), use_bias=False, name=f"conv{i}")(x)
+            x = nn.relu(norm(name=f"bn{i}")(x))
+            if i in (0, 2):
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = jnp.mean(x, axis=(1, 2))
+        features = nn.relu(nn.Dense(self.feature_dim, name="hidden")(x))
+        logits = nn.Dense(self.num_classes, name=CLASSIFIER)(features)
+        return (logits, features) if return_features else logits
+
+
+_MODULES: dict[str, Callable[..., nn.Module]] = {"cnn": SmallCNN}
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A module together with the input shape it is built for.
+
+    Attributes:
+      name: registry name (e.g. ``"cnn"``).
+      module: the Flax module.
+      input_shape: (H, W, C) of one image.
+      num_classes: C, the width of the logits.
+    """
+
+    name: str
+    module: nn.Module
+    input_shape: tuple[int, int, int]
+    num_classes: int
+
+    def init(self, key: jax.Array) -> Variables:
+        """Returns ``{"params", "batch_stats"}`` for a fresh network."""
+        dummy = jnp.zeros((1, *self.input_shape), jnp.float32)
+        variables = self.module.init(key, dummy, train=False)
+        return {"params": variables["params"],
+                "batch_stats": variables.get("batch_stats", {})}
+
+    def apply_fn(self, variables: Variables, x: jax.Array) -> jax.Array:
+        """Inference-mode logits, (B, H, W, C) -> (B, num_classes)."""
+        return self.module.apply(variables, x, train=False)
+
+    def apply_with_features(self, variables: Variables, x: jax.Array):
+        """Inference-mode (logits (B, C), penultimate features (B, D))."""
+        return self.module.apply(variables, x, train=False, return_features=True)
+
+    def apply_train(self, variables: Variables, x: jax.Array):
+        """Train-mode logits (B, C) and the updated ``batch_stats``."""
+        logits, updates = self.module.apply(
+            variables, x, train=True, mutable=["batch_stats"])
+        return logits, updates["batch_stats"]
+
+
+def get_model(name: str, num_classes: int,
+              input_shape: tuple[int, int, int] = (28, 28, 1), **kwargs) -> Model:
+    """Builds a registered model: ``"cnn"`` (the small CPU CNN)."""
+    if name not in _MODULES:
+        raise ValueError(
+            f"Unknown model {name!r}; choose one of {sorted(_MODULES)} "
+            f"(config field `model`).")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+    module = _MODULES[name](num_classes=num_classes, **kwargs)
+    return Model(name, module, tuple(int(d) for d in input_shape), num_classes)
+
+
+def count_params(params) -> int:
+    return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))

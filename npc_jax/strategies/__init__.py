@@ -1,0 +1,40 @@
+"""Acquisition strategies, by name.
+
+    strategy = make_strategy("npc", num_candidates=1000)
+    acquisition = strategy.select(key, ctx, pool, q)
+
+New strategies register a factory with `register`.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from npc_jax.strategies.base import Acquisition, AcquisitionContext, Strategy, check_query
+from npc_jax.strategies.npc import NPC
+from npc_jax.strategies.passive import Passive
+
+_REGISTRY: dict[str, Callable[..., Strategy]] = {}
+
+
+def register(name: str, factory: Callable[..., Strategy]) -> None:
+    if name in _REGISTRY:
+        raise ValueError(f"Strategy {name!r} is already registered.")
+    _REGISTRY[name] = factory
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_strategy(name: str, **options) -> Strategy:
+    """The strategy registered under `name`, built with `options`."""
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown strategy {name!r}; available: {', '.join(available())}.")
+    return _REGISTRY[name](**options)
+
+
+register("passive", Passive)
+register("npc", NPC)
+
+__all__ = ["Acquisition", "AcquisitionContext", "Strategy", "available", "check_query",
+           "make_strategy", "register"]

@@ -1,0 +1,70 @@
+"""What every acquisition strategy sees and returns.
+
+A strategy is an object with ``name`` and
+``select(key, ctx, pool, q) -> Acquisition``: given a PRNG key, the
+`AcquisitionContext` (the trained model and the pool's images) and the
+`Pool` (which indices are labeled), it returns q distinct unlabeled pool
+indices, deterministically per key.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import numpy as np
+
+from npc_jax.data import DataError, Pool
+from npc_jax.models import Model
+from npc_jax.train import batched_apply
+
+
+class Acquisition(NamedTuple):
+    indices: np.ndarray   # (q,) int64 pool indices, distinct, all unlabeled
+    objective: dict | None = None  # strategy-specific score of the choice (JSON-able)
+
+
+@dataclasses.dataclass
+class AcquisitionContext:
+    """The trained model and the pool a strategy scores.
+
+    Attributes:
+      model: the network; `variables` its trained (EMA) variables.
+      images: (N, H, W, C) the pool's images, uint8 or float32 in [0, 1].
+      labels: (N,) int the labels the strategy may use: only entries at
+        labeled indices are meaningful (a strategy must not read others).
+      batch_size: forward-pass batch for chunked inference over the pool.
+    """
+
+    model: Model
+    variables: Any
+    images: np.ndarray
+    labels: np.ndarray
+    batch_size: int = 1000
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    def logits_and_features(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        """Inference-mode (logits (n, C), penultimate features (n, D)), chunked."""
+        indices = np.asarray(indices)
+        return batched_apply(self.model.apply_with_features, self.variables,
+                             self.images[indices], batch_size=self.batch_size)
+
+
+class Strategy(Protocol):
+    name: str
+
+    def select(self, key: jax.Array, ctx: AcquisitionContext, pool: Pool,
+               q: int) -> Acquisition: ...
+
+
+def check_query(pool: Pool, q: int) -> None:
+    """Raises DataError if q is not a positive int or exceeds the unlabeled pool."""
+    if int(q) != q or q <= 0:
+        raise DataError(f"Query size must be a positive integer, got {q!r}.")
+    if q > pool.num_unlabeled:
+        raise DataError(
+            f"Query size {q} exceeds the {pool.num_unlabeled} unlabeled samples left; "
+            "lower query_size or rounds.")

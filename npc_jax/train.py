@@ -1,0 +1,362 @@
+"""Training from scratch on a labeled set: FixMatch-DARP (ASSL) or supervised (ASL).
+
+Steps are pure, ``(state, data, key) -> (state, metrics)``, and sample their
+own mini-batches on device from `TrainData` (the whole pool's images plus the
+labeled indices), so a training is a sequence of jit-compiled `lax.scan`
+chunks with no per-step host round-trip. Shapes do not depend on the number
+of labels (the labeled index list is padded to a fixed capacity), so one
+compilation serves every round of an ASSL run.
+
+The randomness of step k is ``fold_in(key, k)``: a training split into chunks
+is bit-for-bit the training run in one piece.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from npc_jax.data import images_to_float
+from npc_jax.models import Model
+from npc_jax.ssl import augment, darp, fixmatch
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one training (defaults: FixMatch's, DESIGN.md §1).
+
+    method: "fixmatch" (ASSL: FixMatch + DARP) or "supervised" (ASL).
+    steps: K, the number of optimiser steps (the cosine schedule spans them).
+    batch_size: B labeled images per step; mu: unlabeled/labeled ratio μ.
+    lr, momentum, nesterov, weight_decay: SGD; decay on kernels only.
+    ema_decay: decay of the weight average used for evaluation (0 disables).
+    threshold: τ, pseudo-label confidence; lambda_u: weight of the unlabeled loss.
+    darp: refine pseudo-labels toward a uniform class distribution;
+      darp_warmup: fraction of the steps before refinement starts;
+      darp_every: steps between refinements; darp_iters: solver iterations.
+    flip: horizontal flips in the augmentations.
+    chunk_steps: steps per jit-compiled scan (progress/metrics granularity).
+    eval_batch_size: batch of the (padded) evaluation forward passes.
+    """
+
+    method: str = "fixmatch"
+    steps: int = 1000
+    batch_size: int = 64
+    mu: int = 7
+    lr: float = 0.03
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    ema_decay: float = 0.999
+    threshold: float = 0.95
+    lambda_u: float = 1.0
+    darp: bool = True
+    darp_warmup: float = 0.4
+    darp_every: int = 10
+    darp_iters: int = 10
+    flip: bool = True
+    chunk_steps: int = 50
+    eval_batch_size: int = 1000
+
+    def __post_init__(self):
+        if self.method not in ("fixmatch", "supervised"):
+            raise ValueError(f"TrainConfig.method must be 'fixmatch' or 'supervised', "
+                             f"got {self.method!r}.")
+        for name in ("steps", "batch_size", "mu", "chunk_steps", "eval_batch_size",
+                     "darp_every", "darp_iters"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"TrainConfig.{name} must be a positive integer, "
+                                 f"got {getattr(self, name)!r}.")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}.")
+
+
+class TrainData(NamedTuple):
+    """Device-resident inputs of a training; its shapes fix the compilation.
+
+    images: (N, H, W, C) uint8 or float32 in [0, 1], the whole pool (the
+      unlabeled set of FixMatch is the whole pool, as in the paper).
+    labeled_indices: (L_cap,) int32 pool indices of the labeled set, padded.
+    labeled_labels: (L_cap,) int32 their labels, padded.
+    num_labeled: () int32, how many entries of the two above are real.
+    diagnostic_labels: (N,) int32 true labels of the pool, used only to report
+      the accuracy of accepted pseudo-labels (never by a loss); -1 if unknown.
+    """
+
+    images: jax.Array
+    labeled_indices: jax.Array
+    labeled_labels: jax.Array
+    num_labeled: jax.Array
+    diagnostic_labels: jax.Array
+
+
+class TrainState(flax.struct.PyTreeNode):
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    ema_params: Any
+    darp: darp.DarpState | None
+
+    @property
+    def eval_variables(self):
+        """Variables for evaluation: the EMA weights with the running BN stats."""
+        return {"params": self.ema_params, "batch_stats": self.batch_stats}
+
+
+def make_train_data(images, labeled_indices, labels_of_labeled, *, capacity=None,
+                    diagnostic_labels=None) -> TrainData:
+    """Packs host arrays into a `TrainData`, padding the labeled set to `capacity`."""
+    labeled_indices = np.asarray(labeled_indices, np.int32)
+    labels_of_labeled = np.asarray(labels_of_labeled, np.int32)
+    num_labeled = len(labeled_indices)
+    if num_labeled == 0:
+        raise ValueError("Training needs at least one labeled example.")
+    if len(labels_of_labeled) != num_labeled:
+        raise ValueError(f"{num_labeled} labeled indices but {len(labels_of_labeled)} labels.")
+    capacity = capacity or int(2 ** np.ceil(np.log2(num_labeled)))
+    if capacity < num_labeled:
+        raise ValueError(f"capacity {capacity} < {num_labeled} labeled examples.")
+    pad = capacity - num_labeled
+    if diagnostic_labels is None:
+        diagnostic_labels = np.full(len(images), -1, np.int32)
+    return TrainData(
+        images=jnp.asarray(images),
+        labeled_indices=jnp.asarray(np.pad(labeled_indices, (0, pad))),
+        labeled_labels=jnp.asarray(np.pad(labels_of_labeled, (0, pad))),
+        num_labeled=jnp.asarray(num_labeled, jnp.int32),
+        diagnostic_labels=jnp.asarray(diagnostic_labels, jnp.int32))
+
+
+def cosine_7_16(lr: float, steps: int) -> optax.Schedule:
+    """FixMatch's schedule: lr · cos(7πk / 16K)."""
+    return lambda k: lr * jnp.cos(7.0 * jnp.pi * k / (16.0 * steps))
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """SGD (Nesterov) with L2 weight decay added to the gradient of kernels only."""
+    decay_mask = lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, _: path[-1].key == "kernel", params)
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+        optax.sgd(cosine_7_16(config.lr, config.steps), momentum=config.momentum,
+                  nesterov=config.nesterov))
+
+
+def init_state(model: Model, config: TrainConfig, key: jax.Array,
+               num_pool: int) -> TrainState:
+    variables = model.init(key)
+    params = variables["params"]
+    use_darp = config.method == "fixmatch" and config.darp
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables["batch_stats"],
+        opt_state=make_optimizer(config).init(params),
+        ema_params=params,
+        darp=darp.darp_init(num_pool, model.num_classes) if use_darp else None)
+
+
+def _sample_labeled(key, data: TrainData, batch_size: int):
+    position = jax.random.randint(key, (batch_size,), 0, data.num_labeled)
+    index = data.labeled_indices[position]
+    return images_to_float(data.images[index]), data.labeled_labels[position]
+
+
+def _apply_updates(state: TrainState, config: TrainConfig, grads, batch_stats,
+                   **replace) -> TrainState:
+    tx = make_optimizer(config)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = optax.incremental_update(params, state.ema_params,
+                                          1.0 - config.ema_decay)
+    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                         opt_state=opt_state, ema_params=ema_params, **replace)
+
+
+def supervised_step(state: TrainState, data: TrainData, key: jax.Array, *,
+                    model: Model, config: TrainConfig):
+    """One step of cross-entropy on weakly augmented labeled images."""
+    sample_key, augment_key = jax.random.split(key)
+    x, y = _sample_labeled(sample_key, data, config.batch_size)
+    x = augment.weak_augment(augment_key, x, flip=config.flip)
+
+    def loss_fn(params):
+        logits, batch_stats = model.apply_train(
+            {"params": params, "batch_stats": state.batch_stats}, x)
+        loss = fixmatch.cross_entropy(logits, y)
+        return loss, (batch_stats, logits)
+
+    (loss, (batch_stats, logits)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    metrics = {"loss": loss, "loss_labeled": loss,
+               "train_accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+    return _apply_updates(state, config, grads, batch_stats), metrics
+
+
+def fixmatch_step(state: TrainState, data: TrainData, key: jax.Array, *,
+                  model: Model, config: TrainConfig):
+    """One FixMatch(-DARP) step; the unlabeled batch is drawn from the whole pool."""
+    keys = dict(zip(("labeled", "unlabeled", "weak_l", "weak_u", "strong_u"),
+                    jax.random.split(key, 5)))
+    batch_l, batch_u = config.batch_size, config.batch_size * config.mu
+    x_l, y_l = _sample_labeled(keys["labeled"], data, batch_l)
+    u_index = jax.random.randint(keys["unlabeled"], (batch_u,), 0, data.images.shape[0])
+    x_u = images_to_float(data.images[u_index])
+    inputs = jnp.concatenate([
+        augment.weak_augment(keys["weak_l"], x_l, flip=config.flip),
+        augment.weak_augment(keys["weak_u"], x_u, flip=config.flip),
+        augment.strong_augment(keys["strong_u"], x_u, flip=config.flip)])
+
+    darp_active = state.step >= int(config.darp_warmup * config.steps)
+
+    def loss_fn(params):
+        logits, batch_stats = model.apply_train(
+            {"params": params, "batch_stats": state.batch_stats}, inputs)
+        logits_l = logits[:batch_l]
+        logits_weak, logits_strong = jnp.split(logits[batch_l:], 2)
+        weak_probs = jax.nn.softmax(jax.lax.stop_gradient(logits_weak))
+        if state.darp is not None:
+            pseudo = darp.darp_pseudo_labels(state.darp, u_index, weak_probs,
+                                             active=darp_active)
+        else:
+            pseudo = weak_probs
+        loss_l = fixmatch.cross_entropy(logits_l, y_l)
+        loss_u, info = fixmatch.pseudo_label_loss(logits_strong, pseudo, config.threshold)
+        loss = loss_l + config.lambda_u * loss_u
+        return loss, (batch_stats, weak_probs, info, loss_l, loss_u)
+
+    (loss, (batch_stats, weak_probs, info, loss_l, loss_u)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+
+    new_darp = state.darp
+    if new_darp is not None:
+        new_darp = darp.darp_update(new_darp, u_index, weak_probs)
+        refresh = darp_active & (state.step % config.darp_every == 0)
+        target = darp.uniform_target(data.images.shape[0], model.num_classes)
+        new_darp = jax.lax.cond(
+            refresh,
+            lambda s: darp.darp_refresh(s, target, max_iters=config.darp_iters),
+            lambda s: s, new_darp)
+
+    true_u = data.diagnostic_labels[u_index]
+    accepted = info.mask * (true_u >= 0)
+    metrics = {
+        "loss": loss, "loss_labeled": loss_l, "loss_unlabeled": loss_u,
+        "mask_rate": jnp.mean(info.mask),
+        # Diagnostics only: how many accepted pseudo-labels are right.
+        "pseudo_label_accuracy": jnp.sum(accepted * (info.pseudo_labels == true_u))
+        / jnp.maximum(jnp.sum(accepted), 1.0),
+    }
+    return _apply_updates(state, config, grads, batch_stats, darp=new_darp), metrics
+
+
+@functools.partial(jax.jit, static_argnames=("model", "config", "num_steps"),
+                   donate_argnums=(0,))
+def _run_chunk(state: TrainState, data: TrainData, key: jax.Array, *,
+               model: Model, config: TrainConfig, num_steps: int):
+    step_fn = fixmatch_step if config.method == "fixmatch" else supervised_step
+
+    def body(state, _):
+        step_key = jax.random.fold_in(key, state.step)
+        return step_fn(state, data, step_key, model=model, config=config)
+
+    state, metrics = jax.lax.scan(body, state, None, length=num_steps)
+    return state, jax.tree_util.tree_map(jnp.mean, metrics)
+
+
+def train(model: Model, config: TrainConfig, data: TrainData, key: jax.Array, *,
+          progress: bool = False, description: str = "train"):
+    """Trains a fresh network; returns (TrainState, history).
+
+    Args:
+      model: the network to train from scratch.
+      config: hyperparameters.
+      data: from `make_train_data`.
+      key: the training's key; split here into ``init`` and ``steps`` keys.
+      progress: show a tqdm bar over the steps.
+
+    Returns:
+      The final state (evaluate ``state.eval_variables``) and a list of
+      per-chunk metric dicts (means over the chunk, with the last step index).
+    """
+    init_key, steps_key = jax.random.split(key)
+    state = init_state(model, config, init_key, data.images.shape[0])
+    history = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=config.steps, desc=description, leave=False, unit="step")
+    done = 0
+    while done < config.steps:
+        num_steps = min(config.chunk_steps, config.steps - done)
+        state, metrics = _run_chunk(state, data, steps_key, model=model, config=config,
+                                    num_steps=num_steps)
+        done += num_steps
+        metrics = {k: float(v) for k, v in metrics.items()}
+        if not np.isfinite(metrics["loss"]):
+            raise FloatingPointError(
+                f"Training diverged at step {done}: loss = {metrics['loss']}. "
+                "Lower TrainConfig.lr or check the inputs for NaN.")
+        history.append({"step": done, **metrics})
+        if bar is not None:
+            bar.update(num_steps)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items()
+                             if k in ("loss", "mask_rate", "pseudo_label_accuracy")})
+    if bar is not None:
+        bar.close()
+    return state, history
+
+
+def predict(model: Model, variables, images, *, batch_size: int = 1000) -> np.ndarray:
+    """Inference-mode class predictions (N,) int, in fixed-size padded batches."""
+    logits = batched_apply(model.apply_fn, variables, images, batch_size=batch_size)
+    return np.argmax(logits, axis=-1)
+
+
+def batched_apply(fn, variables, images, *, batch_size: int = 1000):
+    """Applies ``fn(variables, float_images) -> pytree of (B, ...)`` over N images.
+
+    `fn` should be a stable callable (a module-level function or a bound method
+    of a hashable object): its jit-compiled version is cached by identity.
+
+    Batches are padded to `batch_size` so that one compilation serves all;
+    results are concatenated on the host (numpy). Memory: one batch on device.
+    """
+    images = np.asarray(images)
+    jitted = _jit_apply(fn)
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        real = len(chunk)
+        if real < batch_size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - real, 0)])
+        out = jitted(variables, chunk)
+        outputs.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:real], out))
+    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *outputs)
+
+
+@functools.lru_cache(maxsize=64)
+def _jit_apply(fn):
+    return jax.jit(lambda variables, x: fn(variables, images_to_float(x)))
+
+
+def evaluate(model: Model, variables, images, labels, *, batch_size: int = 1000) -> float:
+    """Top-1 accuracy in [0, 1] of the inference-mode model on (images, labels)."""
+    predictions = predict(model, variables, images, batch_size=batch_size)
+    return float(np.mean(predictions == np.asarray(labels)))
+
+
+def timed_train(*args, **kwargs):
+    """`train` plus its wall time in seconds."""
+    start = time.perf_counter()
+    state, history = train(*args, **kwargs)
+    jax.block_until_ready(state.params)
+    return state, history, time.perf_counter() - start

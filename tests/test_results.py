@@ -1,0 +1,34 @@
+import numpy as np
+
+from npc_jax import results
+
+
+def _record(strategy, seed, n, acc, mode="assl"):
+    return {"mode": mode, "strategy": strategy, "seed": seed, "num_labels": n,
+            "test_accuracy": acc}
+
+
+def test_log_appends_whole_lines_and_drops_a_torn_tail(tmp_path):
+    log = results.ResultsLog(tmp_path / "results.jsonl")
+    log.append({"a": 1})
+    log.append({"a": 2})
+    with open(log.path, "a") as f:
+        f.write('{"a": 3, "tru')  # killed mid-write
+    reopened = results.ResultsLog(log.path)
+    assert reopened.read() == [{"a": 1}, {"a": 2}]
+    reopened.append({"a": 4})
+    assert [r["a"] for r in reopened.read()] == [1, 2, 4]
+
+
+def test_table_mean_std_and_auc(tmp_path):
+    records = [_record("passive", 0, 10, 0.5), _record("passive", 1, 10, 0.7),
+               _record("passive", 0, 30, 0.8), _record("passive", 1, 30, 0.8),
+               _record("npc", 0, 10, 0.5)]
+    text = results.format_table(records)
+    passive = next(line for line in text.splitlines() if "passive" in line)
+    assert "60.00 ± 10.00" in passive and "80.00 ± 0.00" in passive
+    assert "| 70.00 |" in passive  # AUC = mean(60, 80)
+    npc = next(line for line in text.splitlines() if "| npc" in line)
+    assert "—" in npc  # missing 30-label point: no AUC
+    results.plot_accuracy(records, tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 1000
