@@ -1,0 +1,122 @@
+"""The ASSL loop end to end on a tiny npz dataset: records, determinism, resume, errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+import pytest
+
+from npc_jax import loop
+from npc_jax.data import DataError
+
+import toy_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMING_FIELDS = ("acquisition_seconds", "train_seconds")
+
+
+def _write_dataset(path, n_train=160, n_test=40, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = np.arange(n) % classes
+        x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, c in enumerate(y):
+            x[i, 3 + 6 * c: 7 + 6 * c, 4:24] = 255
+        return x, y
+
+    x, y = make(n_train)
+    x_test, y_test = make(n_test)
+    np.savez(path, x=x, y=y, x_test=x_test, y_test=y_test)
+    return path
+
+
+def _config(dataset, **overrides):
+    config = toy_config.get_config()
+    config.update({"dataset": f"npz:{dataset}", **overrides})
+    return config
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return _write_dataset(tmp_path_factory.mktemp("data") / "toy.npz")
+
+
+def _strip(records):
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS + ("train_metrics",)}
+            for r in records]
+
+
+def test_records_are_complete_shared_and_deterministic(dataset, tmp_path):
+    first = loop.run(_config(dataset), tmp_path / "a", progress=False)
+    assert len(first) == 6  # 2 strategies x 3 rounds
+    for r in first:
+        assert r["num_labels"] == 4 + 4 * r["round"]
+        assert len(set(r["labeled_indices"])) == r["num_labels"]
+        assert sum(r["class_counts"]) == r["num_labels"]
+        assert not set(r["acquired_indices"]) & set(r["labeled_indices"])
+        assert len(r["acquired_indices"]) == (4 if r["round"] < 2 else 0)
+    by = {(r["strategy"], r["round"]): r for r in first}
+    assert by[("passive", 0)]["test_accuracy"] == by[("npc", 0)]["test_accuracy"]
+    assert by[("npc", 0)]["objective"]["lambda_min"] >= 0
+    assert by[("passive", 1)]["labeled_indices"] == (
+        by[("passive", 0)]["labeled_indices"] + by[("passive", 0)]["acquired_indices"])
+    assert (tmp_path / "a" / "summary.md").exists() and (tmp_path / "a" / "accuracy.png").exists()
+    second = loop.run(_config(dataset), tmp_path / "b", progress=False)
+    assert _strip(first) == _strip(second)
+    # Re-running a finished workdir trains nothing and adds nothing.
+    again = loop.run(_config(dataset), tmp_path / "a", progress=False)
+    assert _strip(again) == _strip(first)
+
+
+def test_asl_mode_and_a_different_seed_gives_other_labels(dataset, tmp_path):
+    records = loop.run(_config(dataset, mode="asl", strategies="passive", seeds="0,1",
+                               rounds=1), tmp_path, progress=False)
+    assert {r["mode"] for r in records} == {"asl"} and len(records) == 4
+    initial = {r["seed"]: r["labeled_indices"] for r in records if r["round"] == 0}
+    assert initial[0] != initial[1]
+
+
+def test_resume_after_kill_gives_the_same_records(dataset, tmp_path):
+    reference = loop.run(_config(dataset, strategies="npc"), tmp_path / "ref", progress=False)
+    workdir = tmp_path / "killed"
+    cmd = [sys.executable, str(ROOT / "experiments" / "assl.py"),
+           f"--config={ROOT / 'tests' / 'toy_config.py'}", f"--workdir={workdir}",
+           f"--config.dataset=npz:{dataset}", "--config.strategies=npc"]
+    env = {**os.environ, "NPC_JAX_CACHE": str(tmp_path / "xla")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = workdir / "results.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and log.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = log.read_text().count("\n")
+    assert 1 <= written < 3, "the kill should land mid-run"
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = [json.loads(line) for line in log.read_text().splitlines()]
+    assert _strip(resumed) == _strip(reference)
+
+
+def test_bad_configs_are_refused_with_the_fix(dataset, tmp_path):
+    with pytest.raises(ValueError, match="Unknown strategy 'nope'"):
+        loop.run(_config(dataset, strategies="passive,nope"), tmp_path)
+    with pytest.raises(ValueError, match="mode"):
+        loop.run(_config(dataset, mode="semi"), tmp_path)
+    with pytest.raises(ValueError, match="seeds"):
+        loop.run(_config(dataset, seeds="0,x"), tmp_path)
+    with pytest.raises(DataError, match="rounds"):
+        loop.run(_config(dataset, query_size=100, rounds=5), tmp_path)
+    loop.run(_config(dataset, strategies="passive", rounds=0), tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match="different config"):
+        loop.run(_config(dataset, strategies="passive", rounds=0, train_steps=3),
+                 tmp_path / "c", progress=False)
