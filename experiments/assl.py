@@ -18,8 +18,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from npc_jax import loop, results, utils
-    utils.enable_compilation_cache()
+    # No persistent XLA compilation cache: executables loaded from it were seen
+    # to compute slightly different numbers than fresh ones on CPU, which would
+    # break "same seed, same labels, bit for bit" across a resumed run.
+    from npc_jax import loop, results
     records = loop.run(_CONFIG.value, _WORKDIR.value)
     print()
     print(results.format_table(records))

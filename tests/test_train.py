@@ -42,14 +42,16 @@ def test_training_lowers_the_loss_and_learns(method):
         assert state.darp is not None and state.darp.probs.shape == (96, 2)
 
 
-def test_chunking_does_not_change_the_result():
+def test_a_training_compiles_its_step_once_and_is_deterministic():
     images, labels = _toy_images(32)
     data = train.make_train_data(images, np.arange(6), labels[:6])
     model = get_model("cnn", 2)
-    config = dataclasses.replace(TINY, steps=6, chunk_steps=6)
+    config = dataclasses.replace(TINY, steps=6, chunk_steps=2)
+    compiled_before = train._train_step._cache_size()
     a, _ = train.train(model, config, data, jax.random.PRNGKey(1))
-    b, _ = train.train(model, dataclasses.replace(config, chunk_steps=2), data,
-                       jax.random.PRNGKey(1))
+    assert train._train_step._cache_size() == compiled_before + 1
+    b, _ = train.train(model, config, data, jax.random.PRNGKey(1))
+    assert train._train_step._cache_size() == compiled_before + 1
     for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
