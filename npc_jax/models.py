@@ -31,9 +31,13 @@ CLASSIFIER = "classifier"
 class SmallCNN(nn.Module):
     """A ~100k-parameter CNN with BatchNorm for CPU runs on 28x28 images.
 
-    conv3x3(32) -> pool -> conv3x3(64) -> conv3x3(64) -> pool -> conv3x3(64)
+    conv3x3(32, stride 2) -> conv3x3(64) -> conv3x3(64, stride 2) -> conv3x3(64)
     -> global average pool -> dense(feature_dim) -> classifier(num_classes).
     Each conv is followed by BatchNorm and ReLU (convs carry no bias: BN's does).
+
+    Downsampling is by strided convolutions, not max-pooling: on XLA:CPU the
+    max-pool gradient and full-resolution activations dominated the train step
+    (0.64 s vs 0.26 s per 480 images measured on 2 cores, same parameter count).
 
     The penultimate width (`feature_dim` = 128) is deliberately larger than the
     labeled sets NPC scores: the last-layer kernel on logits has rank at most
@@ -42,6 +46,7 @@ class SmallCNN(nn.Module):
 
     num_classes: int
     widths: Sequence[int] = (32, 64, 64, 64)
+    strides: Sequence[int] = (2, 1, 2, 1)
     feature_dim: int = 128
     bn_momentum: float = 0.99
 
@@ -50,11 +55,10 @@ class SmallCNN(nn.Module):
         norm = functools.partial(
             nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
             epsilon=1e-5)
-        for i, width in enumerate(self.widths):
-            x = nn.Conv(width, (3, 3), use_bias=False, name=f"conv{i}")(x)
+        for i, (width, stride) in enumerate(zip(self.widths, self.strides)):
+            x = nn.Conv(width, (3, 3), strides=(stride, stride), use_bias=False,
+                        name=f"conv{i}")(x)
             x = nn.relu(norm(name=f"bn{i}")(x))
-            if i in (0, 2):
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = jnp.mean(x, axis=(1, 2))
         features = nn.relu(nn.Dense(self.feature_dim, name="hidden")(x))
         logits = nn.Dense(self.num_classes, name=CLASSIFIER)(features)
