@@ -6,7 +6,7 @@
 
 Re-running the same command resumes after the last finished round.
 """
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -18,6 +18,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # silence JAX's backend probing
     # No persistent XLA compilation cache: executables loaded from it were seen
     # to compute slightly different numbers than fresh ones on CPU, which would
     # break "same seed, same labels, bit for bit" across a resumed run.

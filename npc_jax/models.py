@@ -99,6 +99,16 @@ class Model:
         """Inference-mode (logits (B, C), penultimate features (B, D))."""
         return self.module.apply(variables, x, train=False, return_features=True)
 
+    def batch_statistics(self, variables: Variables, x: jax.Array):
+        """The BatchNorm statistics of batch `x` alone (same tree as ``batch_stats``).
+
+        Runs train mode with BN momentum 0, so each running average is replaced
+        by the batch's mean / variance. Modules must have a ``bn_momentum`` field.
+        """
+        _, updates = self.module.clone(bn_momentum=0.0).apply(
+            variables, x, train=True, mutable=["batch_stats"])
+        return updates["batch_stats"]
+
     def apply_train(self, variables: Variables, x: jax.Array):
         """Train-mode logits (B, C) and the updated ``batch_stats``."""
         logits, updates = self.module.apply(

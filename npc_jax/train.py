@@ -41,6 +41,10 @@ class TrainConfig:
       darp_warmup: fraction of the steps before refinement starts;
       darp_every: steps between refinements; darp_iters: solver iterations.
     flip: horizontal flips in the augmentations.
+    recalibrate_batches: after training, the BatchNorm statistics used with
+      the EMA weights are recomputed for those weights from this many batches
+      of `eval_batch_size` clean pool images (0: keep the running averages of
+      the raw weights, which on short schedules lag far behind).
     chunk_steps: steps between metric reads (progress/metrics granularity).
     eval_batch_size: batch of the (padded) evaluation forward passes.
     """
@@ -61,6 +65,7 @@ class TrainConfig:
     darp_every: int = 10
     darp_iters: int = 10
     flip: bool = True
+    recalibrate_batches: int = 8
     chunk_steps: int = 50
     eval_batch_size: int = 1000
 
@@ -103,11 +108,14 @@ class TrainState(flax.struct.PyTreeNode):
     opt_state: Any
     ema_params: Any
     darp: darp.DarpState | None
+    ema_batch_stats: Any = None  # BN statistics recomputed for ema_params
 
     @property
     def eval_variables(self):
-        """Variables for evaluation: the EMA weights with the running BN stats."""
-        return {"params": self.ema_params, "batch_stats": self.batch_stats}
+        """Variables for evaluation: the EMA weights with BN statistics for them
+        (recomputed after training; the raw weights' running stats before)."""
+        stats = self.batch_stats if self.ema_batch_stats is None else self.ema_batch_stats
+        return {"params": self.ema_params, "batch_stats": stats}
 
 
 def make_train_data(images, labeled_indices, labels_of_labeled, *, capacity=None,
@@ -279,14 +287,15 @@ def train(model: Model, config: TrainConfig, data: TrainData, key: jax.Array, *,
       model: the network to train from scratch.
       config: hyperparameters.
       data: from `make_train_data`.
-      key: the training's key; split here into ``init`` and ``steps`` keys.
+      key: the training's key; split here into ``init``, ``steps`` and
+        ``recalibrate`` keys.
       progress: show a tqdm bar over the steps.
 
     Returns:
       The final state (evaluate ``state.eval_variables``) and a list of
       per-chunk metric dicts (means over the chunk, with the last step index).
     """
-    init_key, steps_key = jax.random.split(key)
+    init_key, steps_key, recalibrate_key = jax.random.split(key, 3)
     state = init_state(model, config, init_key, data.images.shape[0])
     history = []
     bar = None
@@ -315,7 +324,33 @@ def train(model: Model, config: TrainConfig, data: TrainData, key: jax.Array, *,
                              if k in ("loss", "mask_rate", "pseudo_label_accuracy")})
     if bar is not None:
         bar.close()
+    if config.recalibrate_batches:
+        state = state.replace(ema_batch_stats=recalibrate_batch_stats(
+            model, {"params": state.ema_params, "batch_stats": state.batch_stats},
+            data.images, recalibrate_key,
+            num_batches=config.recalibrate_batches, batch_size=config.eval_batch_size))
     return state, history
+
+
+def recalibrate_batch_stats(model: Model, variables, images, key: jax.Array, *,
+                            num_batches: int, batch_size: int):
+    """BatchNorm statistics for `variables`' weights, from random pool batches.
+
+    Averages the per-batch means and variances of `num_batches` batches of
+    `batch_size` clean images drawn without replacement (fewer if the pool is
+    smaller). Returns a tree like ``variables["batch_stats"]``.
+    """
+    num = min(num_batches * batch_size, len(images))
+    order = np.asarray(jax.random.permutation(key, len(images))[:num])
+    size = min(batch_size, num)
+    stats = [_batch_statistics(model, variables, images[np.sort(order[i:i + size])])
+             for i in range(0, num - size + 1, size)]
+    return jax.tree_util.tree_map(lambda *xs: jnp.mean(jnp.stack(xs), axis=0), *stats)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _batch_statistics(model: Model, variables, images):
+    return model.batch_statistics(variables, images_to_float(images))
 
 
 def predict(model: Model, variables, images, *, batch_size: int = 1000) -> np.ndarray:

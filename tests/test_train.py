@@ -91,3 +91,16 @@ def test_batched_apply_pads_the_last_batch():
     whole = np.asarray(model.apply_fn(variables, images))
     chunked = train.batched_apply(model.apply_fn, variables, images, batch_size=10)
     np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_recalibrated_statistics_make_inference_match_train_mode_on_that_batch():
+    model = get_model("cnn", 2)
+    variables = model.init(jax.random.PRNGKey(0))
+    images, _ = _toy_images(16)
+    stats = train.recalibrate_batch_stats(model, variables, images, jax.random.PRNGKey(1),
+                                          num_batches=1, batch_size=16)
+    recalibrated = {**variables, "batch_stats": stats}
+    train_mode_logits, _ = model.apply_train(variables, images)
+    np.testing.assert_allclose(model.apply_fn(recalibrated, images), train_mode_logits,
+                               rtol=1e-4, atol=1e-4)
+    assert not np.allclose(model.apply_fn(variables, images), train_mode_logits, atol=1e-3)
