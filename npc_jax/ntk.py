@@ -1,18 +1,45 @@
 """Empirical neural tangent kernels (trace over the output axis).
 
-K(x, x') = Σ_c ∇_θ f_c(x) · ∇_θ f_c(x'), f = logits: the paper's multi-class
-kernel, each C×C block replaced by its trace (neural-tangents'
-``trace_axes=(-1,)`` returns this divided by C).
+K(x, x') = Σ_c ∇_θ f_c(x) · ∇_θ f_c(x'): the paper's multi-class kernel, each
+C×C block replaced by its trace (neural-tangents' ``trace_axes=(-1,)`` returns
+this divided by C, the mean over the axis). f is either the logits or the
+softmax probabilities (``output=``); θ is every parameter or only the last
+layer's (``params_subset=``). Models are differentiated in inference mode:
+``apply_fn(variables, x)`` with ``variables = {"params", "batch_stats"}``, and
+only ``variables["params"]`` is differentiated (BatchNorm statistics are
+constants of the kernel).
 
-Restricted to the last layer f = Wᵀh + b (W: D×C), the kernel has a closed
-form from the penultimate features h:  K(x, x') = C · (h·h' + 1).  It is the
-Gram matrix of the explicit feature map φ(x) = √C · [h, 1], which lets NPC
-score candidate batches from (n, D+1) features without differentiating.
+    kernel_fn = empirical_ntk_fn(model.apply_fn, chunk_size=64)
+    k = kernel_fn(variables, x1)          # (n1, n1), reuses x1's Jacobian
+    k = kernel_fn(variables, x1, x2)      # (n1, n2)
+
+Closed forms for the last layer f = Wᵀh + b (W: D×C), from the penultimate
+features h (``implementation="closed_form"``, needs ``features_fn``):
+
+* logits: ∇f_c = e_c ⊗ [h, 1], so K(x, x') = C · (h·h' + 1). It is the Gram
+  matrix of the explicit feature map φ(x) = √C · [h, 1].
+* probs: p = softmax(z) has ∂p/∂z = J_p = diag(p) − ppᵀ (symmetric), so
+  ∇p_a = Σ_c (J_p)_ac ∇z_c and K(x, x') = ⟨J_p, J_p'⟩_F · (h·h' + 1). With
+  s = p·p', ⟨J_p, J_p'⟩_F = s − p·p'² − p²·p' + s², computed from (n, C)
+  probabilities, never from C×C matrices.
 """
 from __future__ import annotations
 
+import functools
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+CLASSIFIER = "classifier"  # the name of the last Dense in npc_jax.models
+
+IMPLEMENTATIONS = ("jacobian_contraction", "ntk_vector_products", "closed_form")
+OUTPUTS = ("logits", "probs")
+SUBSETS = ("all", "last")
+
+
+# -- closed forms for the last layer ---------------------------------------------
 
 
 def last_layer_feature_map(features: jax.Array, num_classes: int) -> jax.Array:
@@ -34,3 +61,239 @@ def last_layer_ntk(features1: jax.Array, features2: jax.Array,
                    num_classes: int) -> jax.Array:
     """Closed-form last-layer trace-NTK on logits: (n1, D), (n2, D) -> (n1, n2)."""
     return num_classes * (features1 @ features2.T + 1.0)
+
+
+def softmax_jacobian_inner(probs1: jax.Array, probs2: jax.Array) -> jax.Array:
+    """⟨J_p(x), J_p(x')⟩_F for J_p = diag(p) − ppᵀ, batched over leading axes.
+
+    Args:
+      probs1: (..., n1, C) softmax probabilities.
+      probs2: (..., n2, C).
+
+    Returns:
+      (..., n1, n2): s − p·p'² − p²·p' + s² with s = p·p'.
+    """
+    s = jnp.einsum("...ic,...jc->...ij", probs1, probs2)
+    cross = (jnp.einsum("...ic,...jc->...ij", probs1, probs2 * probs2)
+             + jnp.einsum("...ic,...jc->...ij", probs1 * probs1, probs2))
+    return s - cross + s * s
+
+
+def last_layer_probs_ntk(features1, probs1, features2, probs2) -> jax.Array:
+    """Closed-form last-layer trace-NTK on softmax outputs.
+
+    Args:
+      features1: (n1, D) penultimate features; probs1: (n1, C) probabilities.
+      features2: (n2, D); probs2: (n2, C).
+
+    Returns:
+      (n1, n2) = ⟨J_p, J_p'⟩_F · (h·h' + 1).
+    """
+    return softmax_jacobian_inner(probs1, probs2) * (features1 @ features2.T + 1.0)
+
+
+# -- autodiff kernels ------------------------------------------------------------
+
+
+def _check(implementation, params_subset, output):
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"Unknown implementation {implementation!r}; choose one of "
+                         f"{IMPLEMENTATIONS}.")
+    if params_subset not in SUBSETS:
+        raise ValueError(f"params_subset must be 'all' or 'last', got {params_subset!r}.")
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be 'logits' or 'probs', got {output!r}.")
+    if implementation == "closed_form" and params_subset != "last":
+        raise ValueError("implementation='closed_form' exists only for params_subset='last' "
+                         "(the full network's kernel needs 'jacobian_contraction' or "
+                         "'ntk_vector_products').")
+
+
+def _split_params(variables, params_subset: str, last_layer: str):
+    """(the differentiated parameters, a function rebuilding `variables` from them)."""
+    params = variables["params"]
+    if params_subset == "all":
+        return params, lambda diff: {**variables, "params": diff}
+    if last_layer not in params:
+        raise ValueError(f"No layer named {last_layer!r} among the model's parameters "
+                         f"{sorted(params)}; pass last_layer=<name of the last Dense>.")
+    return params[last_layer], lambda diff: {**variables, "params": {**params, last_layer: diff}}
+
+
+def _single_output_fn(apply_fn, output):
+    """g(variables, x) -> (C,) for one unbatched input x."""
+    def g(variables, x):
+        out = apply_fn(variables, x[None])[0]
+        return jax.nn.softmax(out) if output == "probs" else out
+    return g
+
+
+def jacobian_fn(apply_fn: Callable, *, params_subset: str = "all", output: str = "logits",
+                last_layer: str = CLASSIFIER) -> Callable:
+    """Per-sample Jacobians, flattened so that the trace-NTK is J1 @ J2ᵀ.
+
+    Args:
+      apply_fn: ``apply_fn(variables, x) -> (n, C)`` logits, inference mode.
+      params_subset: "all" or "last" (only ``variables["params"][last_layer]``).
+      output: "logits" or "probs" (softmax of the logits).
+
+    Returns:
+      ``jac(variables, x) -> (n, C·P)`` float32 for x (n, ...), P the number of
+      differentiated parameters. Not jitted (jit the caller).
+    """
+    _check("jacobian_contraction", params_subset, output)
+    g = _single_output_fn(apply_fn, output)
+
+    def jac(variables, x):
+        diff, rebuild = _split_params(variables, params_subset, last_layer)
+
+        def one(x1):
+            tree = jax.jacrev(lambda d: g(rebuild(d), x1))(diff)  # leaves (C, *shape)
+            leaves = jax.tree_util.tree_leaves(tree)
+            c = leaves[0].shape[0]
+            # (C, P) → flattened class-major: ⟨J1, J2⟩ over (C, P) is the trace kernel.
+            return jnp.concatenate([leaf.reshape(c, -1) for leaf in leaves], 1).reshape(-1)
+
+        return jax.vmap(one)(x)
+
+    return jac
+
+
+def _nvp_block_fn(apply_fn, params_subset, output, last_layer):
+    """block(variables, x1, x2) -> (n1, n2) by jvp ∘ vjp, never storing x1's Jacobian."""
+    g = _single_output_fn(apply_fn, output)
+
+    def block(variables, x1, x2):
+        diff, rebuild = _split_params(variables, params_subset, last_layer)
+        outputs1 = lambda d: jax.vmap(lambda x: g(rebuild(d), x))(x1)  # (n1, C)
+
+        def column(x2_j):
+            # All C cotangent vectors of sample j: ∇f_c(x2_j), c = 1..C.
+            out, vjp = jax.vjp(lambda d: g(rebuild(d), x2_j), diff)
+            num_classes = out.shape[0]
+
+            def one_class(c):
+                (v,) = vjp(jax.nn.one_hot(c, num_classes, dtype=out.dtype))
+                _, tangent = jax.jvp(outputs1, (diff,), (v,))   # (n1, C)
+                return tangent[:, c]
+
+            return jax.vmap(one_class)(jnp.arange(num_classes)).sum(0)  # (n1,)
+
+        return jax.vmap(column, out_axes=1)(x2)
+
+    return block
+
+
+def _pad(x: np.ndarray, size: int) -> np.ndarray:
+    # Pad a chunk to the chunk size with copies of its last row: one compile for all.
+    missing = size - len(x)
+    return x if missing <= 0 else np.concatenate([x, np.repeat(x[-1:], missing, 0)])
+
+
+def empirical_ntk_fn(apply_fn: Callable, *, implementation: str = "jacobian_contraction",
+                     params_subset: str = "all", output: str = "logits",
+                     chunk_size: int | None = None, last_layer: str = CLASSIFIER,
+                     features_fn: Callable | None = None) -> Callable:
+    """The empirical trace-NTK of a model, as a function of its variables.
+
+    Args:
+      apply_fn: ``apply_fn(variables, x) -> (n, C)`` logits in inference mode.
+      implementation: "jacobian_contraction" (vmap of per-sample jacrev, then
+        one matmul per block; fastest when C·P·chunk fits memory),
+        "ntk_vector_products" (jvp ∘ vjp; memory of one Jacobian per chunk
+        sample, more FLOPs), or "closed_form" (params_subset="last" only; needs
+        `features_fn`).
+      params_subset: "all" parameters or the "last" layer's (`last_layer`).
+      output: "logits", or "probs" for the softmax outputs.
+      chunk_size: samples per Jacobian (memory ≈ chunk·C·P·4 bytes per
+        operand); None puts all samples in one chunk.
+      last_layer: the name of the last Dense in ``variables["params"]``.
+      features_fn: ``features_fn(variables, x) -> (logits, penultimate
+        features)``, for implementation="closed_form".
+
+    Returns:
+      ``ntk(variables, x1, x2=None) -> (n1, n2)`` float32 numpy array, the sum
+      over classes of ∇f_c(x1)·∇f_c(x2). With x2=None the symmetric block of
+      x1 is computed once per pair of chunks and mirrored.
+    """
+    _check(implementation, params_subset, output)
+    if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size <= 0):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}.")
+
+    if implementation == "closed_form":
+        if features_fn is None:
+            raise ValueError("implementation='closed_form' needs features_fn(variables, x) -> "
+                             "(logits, features), e.g. Model.apply_with_features.")
+        return _closed_form_fn(features_fn, output, chunk_size)
+
+    if implementation == "jacobian_contraction":
+        jac = jax.jit(jacobian_fn(apply_fn, params_subset=params_subset, output=output,
+                                  last_layer=last_layer))
+        gram_sym = jax.jit(lambda v, x: (lambda j: j @ j.T)(jac(v, x)))
+        gram = jax.jit(lambda v, x1, x2: jac(v, x1) @ jac(v, x2).T)
+        contract = jax.jit(lambda j1, j2: j1 @ j2.T)
+    else:
+        nvp = jax.jit(_nvp_block_fn(apply_fn, params_subset, output, last_layer))
+        gram_sym, gram, jac = (lambda v, x: nvp(v, x, x)), nvp, None
+
+    def ntk(variables, x1, x2=None):
+        x1 = np.asarray(x1, np.float32)
+        symmetric = x2 is None
+        x2 = x1 if symmetric else np.asarray(x2, np.float32)
+        n1, n2 = len(x1), len(x2)
+        size = chunk_size or max(n1, n2)
+        if n1 <= size and n2 <= size:  # one block: one compiled call
+            out = gram_sym(variables, x1) if symmetric else gram(variables, x1, x2)
+            return _finite(np.asarray(out))
+        out = np.zeros((n1, n2), np.float32)
+        for i in range(0, n1, size):
+            xi = _pad(x1[i:i + size], size)
+            ji = jac(variables, xi) if jac is not None else None
+            for j in range(0, i + 1 if symmetric else n2, size):
+                if symmetric and j == i:
+                    block = contract(ji, ji) if ji is not None else gram_sym(variables, xi)
+                else:
+                    xj = _pad(x2[j:j + size], size)
+                    block = (contract(ji, jac(variables, xj)) if ji is not None
+                             else gram(variables, xi, xj))
+                block = np.asarray(block)
+                rows, cols = min(size, n1 - i), min(size, n2 - j)
+                out[i:i + rows, j:j + cols] = block[:rows, :cols]
+                if symmetric and j != i:
+                    out[j:j + cols, i:i + rows] = block[:rows, :cols].T
+        return _finite(out)
+
+    return ntk
+
+
+def _closed_form_fn(features_fn, output, chunk_size):
+    features = jax.jit(features_fn)
+
+    def embed(variables, x):
+        # (h (n, D), p (n, C)) in chunks; the closed form needs only these.
+        size = chunk_size or len(x)
+        hs, ps = [], []
+        for i in range(0, len(x), size):
+            chunk = x[i:i + size]
+            logits, h = features(variables, _pad(chunk, size))
+            hs.append(np.asarray(h)[:len(chunk)])
+            ps.append(np.asarray(jax.nn.softmax(logits) if output == "probs" else logits)
+                      [:len(chunk)])
+        return np.concatenate(hs), np.concatenate(ps)
+
+    def ntk(variables, x1, x2=None):
+        h1, p1 = embed(variables, np.asarray(x1, np.float32))
+        h2, p2 = (h1, p1) if x2 is None else embed(variables, np.asarray(x2, np.float32))
+        if output == "logits":
+            return _finite(np.asarray(last_layer_ntk(h1, h2, p1.shape[1])))
+        return _finite(np.asarray(last_layer_probs_ntk(h1, p1, h2, p2)))
+
+    return ntk
+
+
+def _finite(k: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(k)):
+        raise FloatingPointError(
+            "The NTK has NaN/inf entries: the model's outputs or gradients are not finite "
+            "(check the training loss, the learning rate and the inputs).")
+    return k
