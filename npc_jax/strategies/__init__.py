@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from typing import Callable
 
+from npc_jax.strategies.albl import ALBL
+from npc_jax.strategies.badge import Badge
 from npc_jax.strategies.base import Acquisition, AcquisitionContext, Strategy, check_query
+from npc_jax.strategies.coreset import Coreset
 from npc_jax.strategies.npc import NPC
 from npc_jax.strategies.passive import Passive
+from npc_jax.strategies.uncertainty import Entropy, LeastConfidence, Margin
 
 _REGISTRY: dict[str, Callable[..., Strategy]] = {}
 
@@ -35,6 +39,12 @@ def make_strategy(name: str, **options) -> Strategy:
 
 register("passive", Passive)
 register("npc", NPC)
+register("margin", Margin)
+register("entropy", Entropy)
+register("least_confidence", LeastConfidence)
+register("coreset", Coreset)
+register("badge", Badge)
+register("albl", ALBL)
 
 __all__ = ["Acquisition", "AcquisitionContext", "Strategy", "available", "check_query",
            "make_strategy", "register"]
