@@ -306,6 +306,27 @@ def _held_out_dataset(name: str, x: np.ndarray, y: np.ndarray, num_classes: int,
                    num_classes, notes)
 
 
+def carve_validation(dataset: Dataset, size: int, *, seed: int = 0
+                     ) -> tuple[Dataset, np.ndarray, np.ndarray]:
+    """Takes a stratified validation split of about `size` samples out of the pool.
+
+    Used for tuning: the validation samples leave the pool altogether (no
+    strategy can label them, no learner trains on them), and the test split
+    stays untouched.
+
+    Returns:
+      (dataset with the reduced train split, x_val (V, H, W, C), y_val (V,)).
+    """
+    if not 0 < size < dataset.num_train:
+        raise DataError(f"validation_size must be in (0, {dataset.num_train}), got {size}.")
+    keep, held = _held_out_split(dataset.y_train, dataset.num_classes,
+                                 fraction=size / dataset.num_train, seed=seed)
+    notes = {**dataset.notes, "validation_size": int(held.size), "validation_seed": int(seed)}
+    reduced = dataclasses.replace(dataset, x_train=dataset.x_train[keep],
+                                  y_train=dataset.y_train[keep], notes=notes)
+    return reduced, dataset.x_train[held], dataset.y_train[held]
+
+
 # --------------------------------------------------------------------------- #
 # IDX files (Fashion-MNIST)
 # --------------------------------------------------------------------------- #

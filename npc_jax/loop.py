@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from npc_jax import results, strategies, train
-from npc_jax.data import DataError, Dataset, Pool, load_dataset
+from npc_jax.data import DataError, Dataset, Pool, carve_validation, load_dataset
 from npc_jax.models import Model, get_model
 from npc_jax.strategies import AcquisitionContext
 
@@ -49,6 +49,7 @@ class RunSettings:
     initial_labels: int
     query_size: int
     rounds: int
+    validation_size: int
     train: train.TrainConfig
     strategy_options: dict
     config: dict
@@ -93,6 +94,7 @@ class RunSettings:
                    model=cfg["model"], mode=mode, strategies=names, seeds=seeds,
                    initial_labels=int(cfg["initial_labels"]),
                    query_size=int(cfg["query_size"]), rounds=int(cfg["rounds"]),
+                   validation_size=int(cfg.get("validation_size", 0)),
                    train=train.TrainConfig(**train_fields), strategy_options=options,
                    config=cfg, config_hash=digest)
 
@@ -105,6 +107,10 @@ class _Runner:
     def __init__(self, settings: RunSettings, workdir: Path, dataset: Dataset,
                  progress: bool):
         self.s = settings
+        self.validation = None
+        if settings.validation_size:
+            dataset, x_val, y_val = carve_validation(dataset, settings.validation_size)
+            self.validation = (x_val, y_val)
         self.workdir = workdir
         self.data = dataset
         self.progress = progress
@@ -134,6 +140,10 @@ class _Runner:
                                   batch_size=self.s.train.eval_batch_size)
         summary = {"test_accuracy": accuracy, "train_seconds": seconds,
                    "train_metrics": history[-1] if history else {}}
+        if self.validation is not None:
+            summary["validation_accuracy"] = train.evaluate(
+                self.model, variables, *self.validation,
+                batch_size=self.s.train.eval_batch_size)
         return variables, summary
 
     def _initial_model(self, seed: int, pool: Pool, key: jax.Array):
@@ -174,6 +184,8 @@ class _Runner:
                                num_classes=self.data.num_classes)
         initial.check_budget(s.query_size, s.rounds)
         pool, start = self._resume_pool(strategy_name, seed, initial)
+        if start > 0 and hasattr(strategy, "load_state_dict"):
+            strategy.load_state_dict(self.done[(strategy_name, seed, start - 1)]["strategy_state"])
         for r in range(start, s.rounds + 1):
             round_train_key = jax.random.fold_in(train_key, r)
             if r == 0:
@@ -196,6 +208,7 @@ class _Runner:
                 "dataset": s.dataset, "mode": s.mode, "strategy": strategy_name,
                 "seed": seed, "round": r, "num_labels": int(len(labeled)),
                 "test_accuracy": summary["test_accuracy"],
+                "validation_accuracy": summary.get("validation_accuracy"),
                 "labeled_indices": labeled.tolist(),
                 "acquired_indices": np.asarray(acquired).tolist(),
                 "class_counts": np.bincount(self.data.y_train[labeled],
@@ -205,6 +218,9 @@ class _Runner:
                 "train_seconds": summary["train_seconds"],
                 "train_metrics": summary["train_metrics"],
                 "shared_initial_model": r == 0,
+                # Stateful strategies (e.g. a bandit) carry state across rounds.
+                "strategy_state": (strategy.state_dict() if hasattr(strategy, "state_dict")
+                                   else None),
                 "config": s.config, "config_hash": s.config_hash,
             }
             self.log.append(record)
@@ -233,9 +249,10 @@ def run(config, workdir: str | os.PathLike, *, progress: bool | None = None) -> 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(settings.dataset, data_dir=settings.data_dir)
-    if settings.final_num_labels > dataset.num_train:
+    if settings.final_num_labels + settings.validation_size > dataset.num_train:
         raise DataError(f"The run needs {settings.final_num_labels} labels but the pool holds "
-                        f"{dataset.num_train} samples; lower rounds or query_size.")
+                        f"{dataset.num_train} samples (validation_size {settings.validation_size} "
+                        "of them held out); lower rounds, query_size or validation_size.")
     runner = _Runner(settings, workdir, dataset,
                      progress=sys.stderr.isatty() if progress is None else progress)
     for seed in settings.seeds:

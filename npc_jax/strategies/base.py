@@ -5,6 +5,12 @@ A strategy is an object with ``name`` and
 `AcquisitionContext` (the trained model and the pool's images) and the
 `Pool` (which indices are labeled), it returns q distinct unlabeled pool
 indices, deterministically per key.
+
+A strategy that learns across rounds (ALBL's bandit) also has
+``state_dict() -> JSON-able dict`` and ``load_state_dict(state)``: the loop
+saves the state in every round's record and restores it on resume, so a
+resumed run continues the same state. The state must be all such a strategy
+carries between rounds.
 """
 from __future__ import annotations
 

@@ -1,0 +1,72 @@
+"""Validation-split comparison of training recipes (never the test split).
+
+    python experiments/tune_ssl.py --workdir runs/tune --labels 50 --seeds 0 \
+        --variants asl,base,warmup
+
+Each variant is a set of overrides of experiments/configs/fmnist_assl.py; every
+run trains once on the passive (class-balanced) labels of a seed, with 5 000
+pool samples held out for validation, and reports validation accuracy and the
+training diagnostics (mask rate, accuracy of accepted pseudo-labels).
+"""
+import json
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from configs import fmnist_assl  # noqa: E402
+
+VARIANTS = {
+    "asl": {"mode": "asl", "train_steps": 1000},
+    "asl_300": {"mode": "asl", "train_steps": 300},
+    "base": {},
+    "joint": {"train.weak_forward": "joint"},
+    "warmup": {"train.supervised_warmup": 0.3},
+    "warmup_t80": {"train.supervised_warmup": 0.3, "train.threshold": 0.8},
+    "warmup_lr10": {"train.supervised_warmup": 0.3, "train.lr": 0.1},
+    "warmup_t80_lr10": {"train.supervised_warmup": 0.3, "train.threshold": 0.8, "train.lr": 0.1},
+    "no_darp": {"train.darp": False},
+    "steps300": {"train_steps": 300},
+    "steps1000": {"train_steps": 1000},
+}
+
+_WORKDIR = flags.DEFINE_string("workdir", "runs/tune", "Parent directory of the runs.")
+_LABELS = flags.DEFINE_integer("labels", 50, "Number of (class-balanced) labels.")
+_SEEDS = flags.DEFINE_string("seeds", "0", "Comma-separated seeds.")
+_VARIANTS = flags.DEFINE_list("variants", ["asl", "base"], f"Of: {', '.join(VARIANTS)}")
+
+
+def make_config(variant: str, labels: int, seeds: str):
+    config = fmnist_assl.get_config()
+    config.update({"strategies": "passive", "seeds": seeds, "initial_labels": labels,
+                   "rounds": 0, "validation_size": 5000})
+    for field, value in VARIANTS[variant].items():
+        node = config
+        *parents, leaf = field.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    from npc_jax import loop
+    rows = []
+    for variant in _VARIANTS.value:
+        workdir = Path(_WORKDIR.value) / f"{variant}_l{_LABELS.value}"
+        records = loop.run(make_config(variant, _LABELS.value, _SEEDS.value), workdir)
+        for r in records:
+            rows.append({"variant": variant, "seed": r["seed"], "labels": r["num_labels"],
+                         "validation_accuracy": r["validation_accuracy"],
+                         "train_seconds": r["train_seconds"],
+                         **{k: r["train_metrics"].get(k) for k in
+                            ("mask_rate", "pseudo_label_accuracy")}})
+    for row in rows:
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    app.run(main)
