@@ -1,46 +1,153 @@
 """Smallest eigenvalues of Gram matrices.
 
-A Gram matrix is positive semi-definite; `eigvalsh` can still return tiny
-negative values from round-off. They are clipped at 0 here, so a degenerate
-matrix (duplicate points, rank deficiency) scores exactly 0 and compares
-equal to any other degenerate one.
+`min_eigenvalue` takes one (n, n) matrix or a stack (b, n, n) and returns
+λ_min of each. Stacks are solved in chunks with a dense symmetric solver; a
+single large matrix (n > `lobpcg_above`) by LOBPCG on a shifted matrix.
+
+Round-off. A Gram matrix is positive semi-definite, but a computed eigenvalue
+carries an absolute error of about n·eps·λ_max (eps of the working dtype), so
+a singular matrix (duplicate points, rank deficiency) comes back as a tiny
+number of either sign. Any λ_min ≤ n·eps·λ_max is therefore reported as
+exactly 0 ("singular to working precision"): every degenerate batch then
+scores 0 and compares equal to every other (Proposition 1 of the NPC paper),
+and no score is negative.
+
+Backends. On the CPU, numpy's LAPACK (syevd) solves a stack of small matrices
+about twice as fast as XLA:CPU's eigvalsh (measured: 1024 matrices of 70×70,
+0.45 s vs 0.88 s on 2 cores), and float64 costs the same there; on an
+accelerator the stack is solved by jnp.linalg.eigvalsh in float32.
+``float64=True`` always solves in float64 on the host.
 """
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 
+def roundoff_tolerance(n: int, lambda_max, dtype) -> np.ndarray:
+    """The λ_min below which an (n, n) PSD matrix is singular to working precision."""
+    return n * np.finfo(dtype).eps * np.maximum(np.asarray(lambda_max), 0.0)
+
+
+def _clip(lam_min, lam_max, n, dtype):
+    lam_min = np.asarray(lam_min)
+    return np.where(lam_min <= roundoff_tolerance(n, lam_max, dtype), 0.0,
+                    lam_min).astype(np.float32 if dtype == np.float32 else np.float64)
+
+
 @jax.jit
-def _min_eig(stack):
-    return jnp.maximum(jnp.linalg.eigvalsh(stack)[..., 0], 0.0)
+def _eig_extremes(stack):
+    eig = jnp.linalg.eigvalsh(stack)
+    return eig[..., 0], eig[..., -1]
 
 
-def min_eigenvalue(gram, *, chunk_size: int = 256) -> np.ndarray:
-    """λ_min of one (n, n) or a stack (b, n, n) of symmetric PSD matrices.
+def _eig_extremes_host(stack, dtype):
+    eig = np.linalg.eigvalsh(np.asarray(stack, dtype))
+    return eig[..., 0], eig[..., -1]
 
-    Args:
-      gram: (n, n) or (b, n, n) float array; must be finite.
-      chunk_size: matrices per eigvalsh call (bounds memory for large b).
 
-    Returns:
-      () or (b,) float32 numpy array, clipped below at 0.
+def min_eigenvalue_jax(stack: jax.Array) -> jax.Array:
+    """Traceable λ_min of (..., n, n) with the round-off treatment of this module.
+
+    For use inside jitted code (e.g. a fused kernel-and-score step); float32.
     """
-    gram = np.asarray(gram, np.float32)
+    eig = jnp.linalg.eigvalsh(stack)
+    n = stack.shape[-1]
+    tol = n * jnp.finfo(stack.dtype).eps * jnp.maximum(eig[..., -1], 0.0)
+    return jnp.where(eig[..., 0] <= tol, 0.0, eig[..., 0])
+
+
+def _check(gram):
+    gram = np.asarray(gram)
     if gram.ndim not in (2, 3) or gram.shape[-1] != gram.shape[-2]:
         raise ValueError(f"Expected (n, n) or (b, n, n) Gram matrices, got shape {gram.shape}.")
     if not np.all(np.isfinite(gram)):
         raise FloatingPointError(
             "Gram matrix has NaN/inf entries: the model or its features are not finite "
             "(check the training loss and the inputs).")
-    if gram.ndim == 2:
-        return np.asarray(_min_eig(gram))
-    out = [np.asarray(_min_eig(_pad_stack(gram[i:i + chunk_size], chunk_size)))
-           [:len(gram[i:i + chunk_size])] for i in range(0, len(gram), chunk_size)]
-    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+    return gram
+
+
+def _on_cpu() -> bool:
+    return jax.default_backend() == "cpu"
+
+
+def min_eigenvalue(gram, *, chunk_size: int = 256, float64: bool = False,
+                   method: str = "auto", lobpcg_above: int = 2048,
+                   key: jax.Array | None = None) -> np.ndarray:
+    """λ_min of one (n, n) or a stack (b, n, n) of symmetric PSD matrices.
+
+    Args:
+      gram: (n, n) or (b, n, n) float array; must be finite and symmetric.
+      chunk_size: matrices per solver call (bounds memory for large b).
+      float64: solve in float64 (on the host) instead of float32.
+      method: "eigvalsh" (dense), "lobpcg" (one matrix only: iterative, on the
+        shifted matrix σI − K), or "auto" (LOBPCG for one matrix with
+        n > `lobpcg_above`, dense otherwise).
+      key: PRNG key of LOBPCG's starting block (default PRNGKey(0)).
+
+    Returns:
+      () or (b,) numpy array (float32, or float64 with float64=True); values
+      at or below the round-off tolerance n·eps·λ_max are exactly 0.
+    """
+    gram = _check(gram)
+    dtype = np.float64 if float64 else np.float32
+    if method not in ("auto", "eigvalsh", "lobpcg"):
+        raise ValueError(f"method must be 'auto', 'eigvalsh' or 'lobpcg', got {method!r}.")
+    n = gram.shape[-1]
+    if method == "lobpcg" or (method == "auto" and gram.ndim == 2 and n > lobpcg_above):
+        if gram.ndim != 2:
+            raise ValueError("method='lobpcg' solves one (n, n) matrix; loop over the stack, "
+                             "or use method='eigvalsh' for stacks of small matrices.")
+        return _lobpcg_min(gram, dtype, key)
+    stack = gram[None] if gram.ndim == 2 else gram
+    out = []
+    for i in range(0, len(stack), chunk_size):
+        chunk = stack[i:i + chunk_size]
+        if float64 or _on_cpu():
+            lo, hi = _eig_extremes_host(chunk, dtype)
+        else:
+            real = len(chunk)
+            lo, hi = _eig_extremes(jnp.asarray(_pad_stack(chunk.astype(dtype), chunk_size)))
+            lo, hi = np.asarray(lo)[:real], np.asarray(hi)[:real]
+        out.append(_clip(lo, hi, n, dtype))
+    result = np.concatenate(out) if out else np.zeros((0,), dtype)
+    return result[0] if gram.ndim == 2 else result
+
+
+def _lobpcg_min(gram, dtype, key):
+    """λ_min = σ − λ_max(σI − K), σ ≥ λ_max(K) from Gershgorin's bound.
+
+    The shift costs accuracy: the absolute error is about eps·σ, so λ_min far
+    below λ_max is resolved only to that level (use float64 then).
+    """
+    from jax.experimental.sparse.linalg import lobpcg_standard
+
+    n = gram.shape[0]
+    k = max(1, min(4, (n - 1) // 5))  # LOBPCG needs 5·k < n
+    if n <= 5:
+        raise ValueError(f"LOBPCG needs n > 5, got n = {n}; use method='eigvalsh'.")
+    key = jax.random.PRNGKey(0) if key is None else key
+
+    def solve():
+        k_mat = jnp.asarray(gram, dtype)
+        sigma = jnp.max(jnp.sum(jnp.abs(k_mat), axis=1))  # ≥ λ_max(K)
+        shifted = sigma * jnp.eye(n, dtype=dtype) - k_mat
+        x0 = jax.random.normal(key, (n, k), dtype)
+        theta, _, _ = lobpcg_standard(shifted, x0, m=max(200, n // 4))
+        lam_min = sigma - theta[0]
+        # λ_max(K) for the round-off test: a second, cheap run on K itself.
+        top, _, _ = lobpcg_standard(k_mat, x0[:, :1], m=50)
+        return lam_min, top[0]
+
+    if dtype == np.float64:
+        from jax.experimental import enable_x64
+        with enable_x64():
+            lam_min, lam_max = solve()
+    else:
+        lam_min, lam_max = solve()
+    return _clip(np.asarray(lam_min, dtype), np.asarray(lam_max, dtype), n, dtype)
 
 
 def _pad_stack(stack, size):

@@ -30,3 +30,35 @@ def test_rejects_nonfinite_and_bad_shapes():
         min_eigenvalue(np.array([[np.nan, 0.0], [0.0, 1.0]]))
     with pytest.raises(ValueError, match="shape"):
         min_eigenvalue(np.zeros((2, 3)))
+
+
+def test_float64_path_and_roundoff_tolerance():
+    rng = np.random.default_rng(2)
+    stack = np.stack([_random_gram(rng, 8, 12) for _ in range(5)])
+    expected = np.linalg.eigvalsh(stack.astype(np.float64))[:, 0]
+    got = min_eigenvalue(stack, float64=True)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    # Singular matrices (rank 3 of 8) come back as exactly 0 in both precisions,
+    # never as round-off of either sign.
+    singular = np.stack([_random_gram(rng, 8, 3) for _ in range(6)])
+    assert np.all(min_eigenvalue(singular) == 0.0)
+    assert np.all(min_eigenvalue(singular, float64=True) == 0.0)
+
+
+@pytest.mark.parametrize("float64", [False, True])
+def test_lobpcg_matches_eigvalsh(float64):
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(300, 400))
+    gram = (a @ a.T / 400 + 0.5 * np.eye(300)).astype(np.float32)
+    expected = np.linalg.eigvalsh(gram.astype(np.float64))[0]
+    got = min_eigenvalue(gram, method="lobpcg", float64=float64)
+    # The shift σ ≈ λ_max costs eps·σ of absolute accuracy (module docstring).
+    sigma = float(np.abs(gram).sum(1).max())
+    np.testing.assert_allclose(got, expected, atol=(1e-9 if float64 else 1e-4) * sigma)
+    assert min_eigenvalue(gram, lobpcg_above=100) == pytest.approx(expected, abs=1e-4 * sigma)
+
+
+def test_lobpcg_only_for_single_matrices():
+    with pytest.raises(ValueError, match="one"):
+        min_eigenvalue(np.stack([np.eye(10)] * 2), method="lobpcg")
