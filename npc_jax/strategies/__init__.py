@@ -13,7 +13,7 @@ from npc_jax.strategies.albl import ALBL
 from npc_jax.strategies.badge import Badge
 from npc_jax.strategies.base import Acquisition, AcquisitionContext, Strategy, check_query
 from npc_jax.strategies.coreset import Coreset
-from npc_jax.strategies.npc import NPC
+from npc_jax.strategies.npc import NPC, npc_variant
 from npc_jax.strategies.passive import Passive
 from npc_jax.strategies.uncertainty import Entropy, LeastConfidence, Margin
 
@@ -39,6 +39,8 @@ def make_strategy(name: str, **options) -> Strategy:
 
 register("passive", Passive)
 register("npc", NPC)
+register("npc_probs", npc_variant("npc_probs", output="probs"))
+register("npc_full", npc_variant("npc_full", kernel="full"))
 register("margin", Margin)
 register("entropy", Entropy)
 register("least_confidence", LeastConfidence)
