@@ -129,32 +129,174 @@ def _single_output_fn(apply_fn, output):
 
 
 def jacobian_fn(apply_fn: Callable, *, params_subset: str = "all", output: str = "logits",
-                last_layer: str = CLASSIFIER) -> Callable:
+                last_layer: str = CLASSIFIER, structured: bool = True,
+                flatten: bool = True) -> Callable:
     """Per-sample Jacobians, flattened so that the trace-NTK is J1 @ J2ᵀ.
 
     Args:
       apply_fn: ``apply_fn(variables, x) -> (n, C)`` logits, inference mode.
       params_subset: "all" or "last" (only ``variables["params"][last_layer]``).
       output: "logits" or "probs" (softmax of the logits).
+      structured: form Dense/Conv weight Jacobians from layer inputs and
+        output cotangents (fast, see below); False: plain vmap of jacrev.
+      flatten: return one (n, C·P) array; False returns a list of (n, C·p_l)
+        blocks, one per parameter array, whose Gram matrices sum to the
+        kernel (saves the concatenation copy).
 
     Returns:
-      ``jac(variables, x) -> (n, C·P)`` float32 for x (n, ...), P the number of
-      differentiated parameters. Not jitted (jit the caller).
+      ``jac(variables, x) -> (n, C·P)`` float32 (or the list of blocks) for x
+      (n, ...), P the number of differentiated parameters. The order of the
+      C·P entries is fixed but unspecified. Not jitted (jit the caller).
     """
     _check("jacobian_contraction", params_subset, output)
+    if structured:
+        # Needs Flax modules and dict params; anything else takes the plain path.
+        blocks_fn = _structured_jacobian_fn(apply_fn, params_subset, output, last_layer)
+    else:
+        blocks_fn = _plain_jacobian_fn(apply_fn, params_subset, output, last_layer)
+    if not flatten:
+        return blocks_fn
+    return lambda variables, x: jnp.concatenate(blocks_fn(variables, x), axis=1)
+
+
+def _plain_jacobian_fn(apply_fn, params_subset, output, last_layer):
     g = _single_output_fn(apply_fn, output)
 
     def jac(variables, x):
         diff, rebuild = _split_params(variables, params_subset, last_layer)
+        tree = jax.vmap(jax.jacrev(lambda d, x1: g(rebuild(d), x1)), in_axes=(None, 0))(diff, x)
+        return [leaf.reshape(leaf.shape[0], -1) for leaf in jax.tree_util.tree_leaves(tree)]
 
-        def one(x1):
-            tree = jax.jacrev(lambda d: g(rebuild(d), x1))(diff)  # leaves (C, *shape)
-            leaves = jax.tree_util.tree_leaves(tree)
-            c = leaves[0].shape[0]
-            # (C, P) → flattened class-major: ⟨J1, J2⟩ over (C, P) is the trace kernel.
-            return jnp.concatenate([leaf.reshape(c, -1) for leaf in leaves], 1).reshape(-1)
+    return jac
 
-        return jax.vmap(one)(x)
+
+def gram_of_blocks(blocks1, blocks2) -> jax.Array:
+    """Σ_l B1_l B2_lᵀ: the kernel from two lists of (n, p_l) Jacobian blocks."""
+    return functools.reduce(jnp.add, [b1 @ b2.T for b1, b2 in zip(blocks1, blocks2)])
+
+
+# -- structured per-sample Jacobians -------------------------------------------------
+#
+# vmap(jacrev) of a conv net w.r.t. shared weights asks XLA for per-example
+# weight gradients, which it lowers to grouped convolutions and layout
+# copies that are slow on CPU. A Dense or Conv layer y = a ⊛ W + b has
+# ∂f_c/∂W = Σ_s patch(a)(s) ⊗ ∂f_c/∂y(s): so we differentiate w.r.t. a zero
+# perturbation added to each layer's *output* (an ordinary batched backward
+# pass, no weight gradients), record each layer's input, and form the
+# per-sample weight Jacobians with one batched matmul per layer. Parameters
+# of any other module (BatchNorm scales, layers called twice, grouped or
+# dilated convs) are differentiated directly.
+
+
+def _conv_supported(mod, x):
+    padding = mod.padding
+    pairs = (isinstance(padding, (tuple, list))
+             and all(isinstance(p, (tuple, list)) and len(p) == 2 for p in padding))
+    return (x.ndim == 4 and mod.feature_group_count == 1 and mod.mask is None
+            and all(d in (None, 1) or (isinstance(d, (tuple, list)) and set(d) == {1})
+                    for d in (mod.input_dilation, mod.kernel_dilation))
+            and (padding in ("SAME", "VALID") or pairs))
+
+
+def _structured_layers(apply_fn, variables, x, diff_paths):
+    """{module path: (kind "dense" | "conv", module, output shape)} of the layers the
+    structured path handles: differentiated, supported, called once."""
+    import flax.linen as nn
+
+    found, calls = {}, {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        y = next_fun(*args, **kwargs)
+        mod = context.module
+        if context.method_name == "__call__" and type(mod) in (nn.Dense, nn.Conv):
+            path = tuple(mod.scope.path)
+            calls[path] = calls.get(path, 0) + 1
+            kind = "dense" if type(mod) is nn.Dense else "conv"
+            if path in diff_paths and (kind == "dense" or _conv_supported(mod, args[0])):
+                found[path] = (kind, mod, y.shape)
+        return y
+
+    with nn.intercept_methods(interceptor):
+        # A fresh callable: eval_shape caches traces by function, and a cached
+        # trace would not run the interceptor.
+        jax.eval_shape(lambda v, xs: apply_fn(v, xs), variables, x[:1])
+    return {p: v for p, v in found.items() if calls[p] == 1}
+
+
+def _layer_weight_jacobian(kind, mod, a, g):
+    """Per-sample Jacobian blocks of one layer's parameters.
+
+    a: (n, 1, *in) the layer's input; g: (n, C, 1, *out) ∂f/∂(layer output).
+    Returns a list of (n, C·p) arrays (kernel, then bias).
+    """
+    n, c = g.shape[:2]
+    if kind == "conv":
+        kh_kw = tuple(mod.kernel_size) if not isinstance(mod.kernel_size, int) else (
+            mod.kernel_size,) * 2
+        strides = mod.strides or 1
+        strides = (strides,) * 2 if isinstance(strides, int) else tuple(strides)
+        patches = jax.lax.conv_general_dilated_patches(
+            a.reshape(a.shape[0], *a.shape[2:]), kh_kw, strides, mod.padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        a = patches.reshape(n, -1, patches.shape[-1])           # (n, S, kh·kw·Cin)
+    else:
+        a = a.reshape(n, -1, a.shape[-1])                       # (n, S, F_in)
+    g = g.reshape(n, c, a.shape[1], g.shape[-1])                # (n, C, S, F_out)
+    # Natural dot_general layout (n, k, C, o): the trace kernel is a full inner
+    # product per sample, so any fixed order of the entries will do.
+    blocks = [jnp.einsum("nsk,ncso->nkco", a, g).reshape(n, -1)]
+    if mod.use_bias:
+        blocks.append(g.sum(2).reshape(n, -1))
+    return blocks
+
+
+def _structured_jacobian_fn(apply_fn, params_subset, output, last_layer):
+    """jac(variables, x) -> list of (n, C·p_l) blocks whose Gram sum is the kernel."""
+    import flax.linen as nn
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    softmax = output == "probs"
+
+    def jac(variables, x):
+        diff, rebuild = _split_params(variables, params_subset, last_layer)
+        if not hasattr(diff, "items"):
+            return _plain_jacobian_fn(apply_fn, params_subset, output, last_layer)(variables, x)
+        prefix = () if params_subset == "all" else (last_layer,)
+        flat = flatten_dict(diff)
+        diff_paths = {prefix + k[:-1] for k in flat}
+        layers = _structured_layers(apply_fn, variables, x, diff_paths)
+        # Parameters of structured layers are constants; the rest is differentiated.
+        other = {k: v for k, v in flat.items() if prefix + k[:-1] not in layers}
+
+        def single(eps, other_params, x1):
+            inputs = {}
+
+            def interceptor(next_fun, args, kwargs, context):
+                mod = context.module
+                path = tuple(mod.scope.path) if context.method_name == "__call__" else None
+                if path in layers and type(mod) in (nn.Dense, nn.Conv):
+                    inputs[path] = args[0]
+                    return next_fun(*args, **kwargs) + eps[path]
+                return next_fun(*args, **kwargs)
+
+            params = unflatten_dict({**flat, **other_params})
+            with nn.intercept_methods(interceptor):
+                out = apply_fn(rebuild(params), x1[None])[0]
+            out = jax.nn.softmax(out) if softmax else out
+            return out, {p: jax.lax.stop_gradient(v) for p, v in inputs.items()}
+
+        eps0 = {p: jnp.zeros(layers[p][2], jnp.float32) for p in layers}
+        jacobian = jax.vmap(jax.jacrev(single, argnums=(0, 1), has_aux=True),
+                            in_axes=(None, None, 0))
+        (d_eps, d_other), inputs = jacobian(eps0, other, x)
+        blocks = []
+        for path in sorted(layers):
+            kind, mod, _ = layers[path]
+            blocks += _layer_weight_jacobian(kind, mod, inputs[path], d_eps[path])
+        for key in sorted(d_other):
+            leaf = d_other[key]                                 # (n, C, *shape)
+            blocks.append(leaf.reshape(leaf.shape[0], -1))
+        return blocks
 
     return jac
 
@@ -193,7 +335,8 @@ def _pad(x: np.ndarray, size: int) -> np.ndarray:
 def empirical_ntk_fn(apply_fn: Callable, *, implementation: str = "jacobian_contraction",
                      params_subset: str = "all", output: str = "logits",
                      chunk_size: int | None = None, last_layer: str = CLASSIFIER,
-                     features_fn: Callable | None = None) -> Callable:
+                     features_fn: Callable | None = None,
+                     structured: bool = True) -> Callable:
     """The empirical trace-NTK of a model, as a function of its variables.
 
     Args:
@@ -210,6 +353,8 @@ def empirical_ntk_fn(apply_fn: Callable, *, implementation: str = "jacobian_cont
       last_layer: the name of the last Dense in ``variables["params"]``.
       features_fn: ``features_fn(variables, x) -> (logits, penultimate
         features)``, for implementation="closed_form".
+      structured: for "jacobian_contraction", build Dense/Conv weight
+        Jacobians from layer inputs and output cotangents (`jacobian_fn`).
 
     Returns:
       ``ntk(variables, x1, x2=None) -> (n1, n2)`` float32 numpy array, the sum
@@ -227,11 +372,12 @@ def empirical_ntk_fn(apply_fn: Callable, *, implementation: str = "jacobian_cont
         return _closed_form_fn(features_fn, output, chunk_size)
 
     if implementation == "jacobian_contraction":
-        jac = jax.jit(jacobian_fn(apply_fn, params_subset=params_subset, output=output,
-                                  last_layer=last_layer))
-        gram_sym = jax.jit(lambda v, x: (lambda j: j @ j.T)(jac(v, x)))
-        gram = jax.jit(lambda v, x1, x2: jac(v, x1) @ jac(v, x2).T)
-        contract = jax.jit(lambda j1, j2: j1 @ j2.T)
+        blocks = jacobian_fn(apply_fn, params_subset=params_subset, output=output,
+                             last_layer=last_layer, structured=structured, flatten=False)
+        jac = jax.jit(blocks)
+        gram_sym = jax.jit(lambda v, x: (lambda j: gram_of_blocks(j, j))(blocks(v, x)))
+        gram = jax.jit(lambda v, x1, x2: gram_of_blocks(blocks(v, x1), blocks(v, x2)))
+        contract = jax.jit(gram_of_blocks)
     else:
         nvp = jax.jit(_nvp_block_fn(apply_fn, params_subset, output, last_layer))
         gram_sym, gram, jac = (lambda v, x: nvp(v, x, x)), nvp, None

@@ -146,8 +146,7 @@ def test_full_kernel_equals_batch_autodiff(output):
         assert _rel(got, expected) < 1e-5
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "wrn"])
-@pytest.mark.parametrize("output", ["logits", "probs"])
+@pytest.mark.parametrize("name,output", [("mlp", "probs"), ("cnn", "probs"), ("wrn", "logits")])
 def test_last_layer_closed_form_equals_autodiff_on_the_classifier(name, output):
     apply_fn, features_fn, variables, shape = MODELS[name]
     x1, x2 = _inputs(shape, 5, 7), _inputs(shape, 3, 8)
@@ -166,6 +165,21 @@ def test_softmax_jacobian_inner_product():
     jp = jax.vmap(lambda v: jnp.diag(v) - jnp.outer(v, v))(p)
     np.testing.assert_allclose(ntk.softmax_jacobian_inner(p, p[:3]),
                                jnp.einsum("iab,jab->ij", jp, jp[:3]), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name,subset,output", [
+    ("mlp", "all", "probs"), ("cnn", "all", "logits"), ("wrn", "all", "logits"),
+    ("wrn", "last", "probs")])
+def test_structured_jacobian_equals_plain_vmap_of_jacrev(name, subset, output):
+    apply_fn, _, variables, shape = MODELS[name]
+    x = _inputs(shape, 3, 10)
+    kw = dict(params_subset=subset, output=output)
+    plain = ntk.jacobian_fn(apply_fn, structured=False, **kw)(variables, x)
+    fast = ntk.jacobian_fn(apply_fn, **kw)(variables, x)
+    assert fast.shape == plain.shape
+    assert _rel(fast @ fast.T, plain @ plain.T) < 1e-5
+    blocks = ntk.jacobian_fn(apply_fn, flatten=False, **kw)(variables, x)
+    assert _rel(ntk.gram_of_blocks(blocks, blocks), plain @ plain.T) < 1e-5
 
 
 def test_jacobian_fn_gram_is_the_kernel():
