@@ -11,8 +11,8 @@ whose pairwise `gram(R_a, R_b)` is the kernel:
   K = φφ'. One forward pass per point.
 * kernel="last", output="probs": R = ([h, 1], p), K = (h·h'+1)·⟨J_p, J_p'⟩_F
   with J_p the softmax Jacobian: the classifier's uncertainty enters the kernel.
-* kernel="full": R = the per-sample Jacobian of every parameter, flattened
-  (C·P floats per point). Computed only for the distinct sampled points, a
+* kernel="full": R = the per-sample Jacobian of every parameter, as one
+  (C·p_l) block per parameter array (`ntk.jacobian_fn(flatten=False)`). Computed only for the distinct sampled points, a
   chunk of batches at a time so that at most `memory_mb` of Jacobians are
   held; the labeled points' Jacobians are kept for the whole round.
 
@@ -56,9 +56,10 @@ def sample_batches(key: jax.Array, candidates: np.ndarray, num_batches: int,
 
 
 def _dot_gram(rep_a, rep_b):
-    """(..., n, F), (..., m, F) -> (..., n, m): the Gram of an explicit feature map."""
-    (a,), (b,) = rep_a, rep_b
-    return jnp.einsum("...if,...jf->...ij", a, b)
+    """Σ_l A_l B_lᵀ over the arrays of two representations: (..., n, F_l), (..., m, F_l)
+    -> (..., n, m). One array: an explicit feature map; several: Jacobian blocks."""
+    return functools.reduce(jnp.add, [jnp.einsum("...if,...jf->...ij", a, b)
+                                      for a, b in zip(rep_a, rep_b)])
 
 
 def _probs_gram(rep_a, rep_b):
@@ -87,7 +88,8 @@ def _assemble_fn(gram, normalize):
 
 def score_batches(phi_labeled: np.ndarray, phi_batches: np.ndarray, *,
                   chunk_size: int = 128, gram: Callable = _dot_gram,
-                  normalize: bool = False, float64: bool = False) -> np.ndarray:
+                  normalize: bool = False, float64: bool = False,
+                  gram_labeled=None) -> np.ndarray:
     """λ_min for every candidate batch, the labeled block computed once.
 
     Args:
@@ -100,6 +102,7 @@ def score_batches(phi_labeled: np.ndarray, phi_batches: np.ndarray, *,
         leading batch axes; default the dot product of one feature array.
       normalize: cosine-normalise the kernel.
       float64: solve the eigenproblems in float64.
+      gram_labeled: K(X_L, X_L) if already computed (else computed here).
 
     Returns:
       (m,) λ_min, exactly 0 where singular to working precision.
@@ -107,7 +110,8 @@ def score_batches(phi_labeled: np.ndarray, phi_batches: np.ndarray, *,
     rep_labeled = _as_tuple(phi_labeled)
     rep_batches = _as_tuple(phi_batches)
     rep_labeled = tuple(jnp.asarray(r, jnp.float32) for r in rep_labeled)
-    gram_labeled = gram(rep_labeled, rep_labeled)
+    if gram_labeled is None:
+        gram_labeled = gram(rep_labeled, rep_labeled)
     assemble = _assemble_fn(gram, normalize)
     m = len(rep_batches[0])
     scores = []
@@ -128,7 +132,7 @@ def _as_tuple(rep):
 
 @functools.lru_cache(maxsize=8)
 def _jacobian_jit(apply_fn, output):
-    jac = ntk.jacobian_fn(apply_fn, output=output)
+    jac = ntk.jacobian_fn(apply_fn, output=output, flatten=False)
     return jax.jit(lambda variables, x: jac(variables, images_to_float(x)))
 
 
@@ -190,7 +194,7 @@ class NPC:
         """Per-point arrays whose `gram` is the kernel: a tuple of (n, ·) arrays."""
         indices = np.asarray(indices)
         if self.kernel == "full":
-            rep = (self._jacobians(ctx, indices),)
+            rep = self._jacobians(ctx, indices)
         elif self.output == "logits":
             rep = (np.asarray(self.feature_map(ctx, indices), np.float32),)
         else:
@@ -215,8 +219,8 @@ class NPC:
             real = len(chunk)
             if real < size:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - real, 0)])
-            out.append(np.asarray(jac(ctx.variables, chunk))[:real])
-        return np.concatenate(out)
+            out.append([np.asarray(block)[:real] for block in jac(ctx.variables, chunk)])
+        return tuple(np.concatenate(blocks) for blocks in zip(*out))  # per-layer blocks
 
     # -- selection ---------------------------------------------------------------
 
@@ -233,15 +237,18 @@ class NPC:
             return score_batches(rep_labeled, rep_batches, chunk_size=self.chunk_size, **kw)
         # Full kernel: hold the Jacobians of one group of batches at a time
         # (gathered per batch, plus those of the group's distinct points).
-        bytes_per_batch = 2 * batches.shape[1] * rep_labeled[0].shape[1] * 4
+        rep_labeled = tuple(jnp.asarray(r, jnp.float32) for r in rep_labeled)
+        kw["gram_labeled"] = self.gram(rep_labeled, rep_labeled)   # once per round
+        bytes_per_batch = 2 * batches.shape[1] * sum(r.shape[1] for r in rep_labeled) * 4
         group = max(1, min(self.chunk_size, int(self.memory_mb * 2**20 // bytes_per_batch)))
         scores = []
         for start in range(0, len(batches), group):
             part = batches[start:start + group]
             used, inverse = np.unique(part, return_inverse=True)
-            (jac_used,) = self.representation(ctx, used)
-            scores.append(score_batches(rep_labeled, jac_used[inverse.reshape(part.shape)],
-                                        chunk_size=group, **kw))
+            jac_used = self.representation(ctx, used)
+            scores.append(score_batches(
+                rep_labeled, tuple(j[inverse.reshape(part.shape)] for j in jac_used),
+                chunk_size=group, **kw))
         return np.concatenate(scores)
 
     def objective(self, best_score: float, scores: np.ndarray) -> dict:
