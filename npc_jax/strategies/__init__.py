@@ -14,6 +14,7 @@ from npc_jax.strategies.badge import Badge
 from npc_jax.strategies.base import Acquisition, AcquisitionContext, Strategy, check_query
 from npc_jax.strategies.coreset import Coreset
 from npc_jax.strategies.npc import NPC, npc_variant
+from npc_jax.strategies.npc_search import NPCSearch
 from npc_jax.strategies.passive import Passive
 from npc_jax.strategies.uncertainty import Entropy, LeastConfidence, Margin
 
@@ -41,6 +42,7 @@ register("passive", Passive)
 register("npc", NPC)
 register("npc_probs", npc_variant("npc_probs", output="probs"))
 register("npc_full", npc_variant("npc_full", kernel="full"))
+register("npc_search", NPCSearch)
 register("margin", Margin)
 register("entropy", Entropy)
 register("least_confidence", LeastConfidence)
