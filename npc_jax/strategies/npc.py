@@ -25,12 +25,14 @@ while a non-degenerate batch exists.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import enable_x64
 
 from npc_jax import ntk, spectral
 from npc_jax.data import Pool, images_to_float
@@ -107,23 +109,26 @@ def score_batches(phi_labeled: np.ndarray, phi_batches: np.ndarray, *,
     Returns:
       (m,) λ_min, exactly 0 where singular to working precision.
     """
-    rep_labeled = _as_tuple(phi_labeled)
-    rep_batches = _as_tuple(phi_batches)
-    rep_labeled = tuple(jnp.asarray(r, jnp.float32) for r in rep_labeled)
-    if gram_labeled is None:
-        gram_labeled = gram(rep_labeled, rep_labeled)
-    assemble = _assemble_fn(gram, normalize)
-    m = len(rep_batches[0])
-    scores = []
-    for start in range(0, m, chunk_size):
-        chunk = tuple(np.asarray(r[start:start + chunk_size], np.float32) for r in rep_batches)
-        real = len(chunk[0])
-        if real < chunk_size:  # pad so that every call has one shape
-            chunk = tuple(np.concatenate([r, np.repeat(r[:1], chunk_size - real, 0)])
-                          for r in chunk)
-        grams = np.asarray(assemble(gram_labeled, rep_labeled, chunk))[:real]
-        scores.append(spectral.min_eigenvalue(grams, chunk_size=chunk_size, float64=float64))
-    return np.concatenate(scores) if scores else np.zeros((0,), np.float32)
+    with (enable_x64() if float64 else contextlib.nullcontext()):
+        dtype = np.float64 if float64 else np.float32
+        rep_labeled = tuple(jnp.asarray(r, dtype) for r in _as_tuple(phi_labeled))
+        rep_batches = _as_tuple(phi_batches)
+        if gram_labeled is None:
+            gram_labeled = gram(rep_labeled, rep_labeled)
+        gram_labeled = jnp.asarray(gram_labeled, dtype)
+        assemble = _assemble_fn(gram, normalize)
+        m = len(rep_batches[0])
+        scores = []
+        for start in range(0, m, chunk_size):
+            chunk = tuple(np.asarray(r[start:start + chunk_size], dtype) for r in rep_batches)
+            real = len(chunk[0])
+            if real < chunk_size:  # pad so that every call has one shape
+                chunk = tuple(np.concatenate([r, np.repeat(r[:1], chunk_size - real, 0)])
+                              for r in chunk)
+            grams = np.asarray(assemble(gram_labeled, rep_labeled, chunk))[:real]
+            scores.append(spectral.min_eigenvalue(grams, chunk_size=chunk_size,
+                                                  float64=float64))
+    return np.concatenate(scores) if scores else np.zeros((0,), dtype)
 
 
 def _as_tuple(rep):
@@ -155,14 +160,21 @@ class NPC:
       chunk_size: candidate batches per scoring call.
       jacobian_chunk: samples per per-sample-Jacobian call (kernel="full").
       memory_mb: bound on the candidates' Jacobians held at once (kernel="full").
-      float64: solve the eigenproblems in float64.
+      float64: form the Gram matrices and solve the eigenproblems in float64;
+        None (default): True for kernel="last", False for "full". Why: the
+        last-layer Gram of a trained net is ill-conditioned (λ_min/λ_max ≈
+        1e-6 for the small CNN after 300 steps, 1e-9 at init), below float32's
+        round-off tolerance n·eps ≈ 8e-6 at n = 70, so in float32 every batch
+        would score 0 and NPC would pick the first one; float64 resolves it
+        for a few ms more per 1000 batches.
     """
 
     name = "npc"
 
     def __init__(self, num_candidates: int | str = 1000, kernel: str = "last",
                  output: str = "logits", normalize: bool = False, chunk_size: int = 128,
-                 jacobian_chunk: int = 32, memory_mb: float = 1024, float64: bool = False):
+                 jacobian_chunk: int = 32, memory_mb: float = 1024,
+                 float64: bool | None = None):
         if num_candidates != "pool" and (isinstance(num_candidates, str)
                                          or int(num_candidates) != num_candidates
                                          or num_candidates <= 0):
@@ -181,7 +193,7 @@ class NPC:
         self.chunk_size = int(chunk_size)
         self.jacobian_chunk = int(jacobian_chunk)
         self.memory_mb = float(memory_mb)
-        self.float64 = bool(float64)
+        self.float64 = (kernel == "last") if float64 is None else bool(float64)
 
     # -- representations ---------------------------------------------------------
 
