@@ -18,10 +18,13 @@ Per round t (one `select` call):
 
    with f the current model's prediction, n the pool size, T = `horizon`
    (the number of rounds the bandit plays) and W_x = 1 / π_x, π_x the
-   probability that x was queried in its round (step 4). Each round's sum
+   probability that x was queried in its round (step 4). With the uniform
+   arm every unlabeled sample has π_x > 0, so each round's sum
    Σ_{x ∈ batch} W_x [f(x) = y_x] is an unbiased estimate of the number of
-   correctly classified pool samples, as one query's W [f(x) = y] is in the
-   point-mode original, so r ≈ (t / T) · accuracy.
+   samples (unlabeled at that round) that f classifies correctly — as one
+   query's W [f(x) = y] is in the point-mode original — and
+   r ≈ (t / T) · accuracy. The labels read are ``ctx.labels`` at those
+   (now labeled) indices; nothing else of ``ctx.labels`` is read.
 2. EXP4.P update with identity advice (each arm is an expert recommending
    itself; the action is the arm, not the sample — the batch-mode change):
    for every arm k,

@@ -142,10 +142,11 @@ class Badge:
     def select(self, key: jax.Array, ctx: AcquisitionContext, pool: Pool,
                q: int) -> Acquisition:
         check_query(pool, q)
-        unlabeled = pool.unlabeled_indices
-        factors, features = self.pool_factors(ctx, unlabeled)
-        picks, drawn = kmeans_pp_gradient(factors, features, np.ones(len(unlabeled), bool),
-                                          q, key)
+        # The whole pool with the unlabeled ones as candidates (not the unlabeled
+        # subset): the arrays keep one shape across rounds, so one compilation
+        # serves the whole run.
+        factors, features = self.pool_factors(ctx, np.arange(pool.num_samples))
+        picks, drawn = kmeans_pp_gradient(factors, features, ~pool.labeled_mask, q, key)
         objective = {"first_sq_norm": float(drawn[0]),
                      "mean_sq_distance_drawn": float(drawn[1:].mean()) if q > 1 else None}
-        return Acquisition(unlabeled[picks].astype(np.int64), objective)
+        return Acquisition(picks, objective)
