@@ -176,7 +176,7 @@ def init_state(model: Model, config: TrainConfig, key: jax.Array,
     variables = model.init(key)
     params = variables["params"]
     use_darp = config.method == "fixmatch" and config.darp
-    # Distinct buffers for every leaf: the chunk donates the whole state.
+    # Distinct buffers for every leaf: each step donates the whole state.
     copy = lambda tree: jax.tree_util.tree_map(jnp.array, tree)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
