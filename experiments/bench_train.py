@@ -81,8 +81,8 @@ def measure_ours(steps):
              ("fixmatch_separate", train.fixmatch_step, dict(weak_forward="separate")),
              ("supervised_480", train.supervised_step, dict(method="supervised", batch_size=480))]
     for name, step_fn, overrides in cases:
-        config = train.TrainConfig(steps=1000, batch_size=32, mu=7, darp_warmup=0.0,
-                                   **overrides)
+        config = train.TrainConfig(**{"steps": 1000, "batch_size": 32, "mu": 7,
+                                      "darp_warmup": 0.0, **overrides})
         state = train.init_state(model, config, jax.random.PRNGKey(0), len(dataset.x_train))
         key = jax.random.PRNGKey(1)
         step = lambda s: train._train_step(s, train_data, key, step_fn=step_fn, model=model,
