@@ -654,14 +654,17 @@ class Pool:
                             f"{self.num_samples!r}; pass len(y_train).")
         labeled = _as_index_array(list(self.labeled), what="Pool.labeled")
         self._check_in_range(labeled, what="Pool.labeled")
-        counts = np.bincount(labeled, minlength=self.num_samples)
-        repeated = np.flatnonzero(counts > 1)
-        if repeated.size:
-            raise DataError(f"Pool.labeled repeats indices {repeated[:10].tolist()}; every index "
-                            "can be labeled once.")
+        self._refuse_repeats(labeled, "Pool.labeled repeats indices {}; every index can be "
+                             "labeled once.")
         # Normalise (lists, numpy ints) to a tuple of Python ints: hashable and JSON-ready.
         object.__setattr__(self, "num_samples", int(self.num_samples))
         object.__setattr__(self, "labeled", tuple(labeled.tolist()))
+
+    def _refuse_repeats(self, indices: np.ndarray, message: str) -> None:
+        """DataError(message with the first repeated values) if `indices` repeat; O(N + q)."""
+        repeated = np.flatnonzero(np.bincount(indices, minlength=self.num_samples) > 1)
+        if repeated.size:
+            raise DataError(message.format(repeated[:10].tolist()))
 
     def _check_in_range(self, indices: np.ndarray, *, what: str) -> None:
         bad = indices[(indices < 0) | (indices >= self.num_samples)]
@@ -769,11 +772,8 @@ class Pool:
             raise DataError("reveal() got no indices; a round must reveal at least one label "
                             "(check the strategy's query size).")
         self._check_in_range(new, what="reveal indices")
-        counts = np.bincount(new, minlength=self.num_samples)
-        repeated = np.flatnonzero(counts > 1)
-        if repeated.size:
-            raise DataError(f"reveal indices repeat {repeated[:10].tolist()}; each index can be "
-                            "revealed once: deduplicate the query (np.unique keeps the values).")
+        self._refuse_repeats(new, "reveal indices repeat {}; each index can be revealed once: "
+                             "deduplicate the query (np.unique keeps the values).")
         already = new[self.labeled_mask[new]]
         if already.size:
             raise DataError(f"reveal indices {already[:10].tolist()} are already labeled; query "
