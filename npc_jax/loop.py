@@ -32,8 +32,11 @@ from npc_jax.data import DataError, Dataset, Pool, carve_validation, load_datase
 from npc_jax.models import Model, get_model
 from npc_jax.strategies import AcquisitionContext
 
-# Config fields that change no record: which subset of a benchmark a command runs.
-_SUBSET_FIELDS = ("strategies", "seeds")
+# Config fields outside the run-wide hash: which subset of a benchmark a command
+# runs, and the strategies' options (checked per strategy: each record carries
+# its own strategy's options), so that later commands can add strategies and
+# variants to the same workdir.
+_SUBSET_FIELDS = ("strategies", "seeds", "strategy_options")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +186,13 @@ class _Runner:
         initial = Pool.initial(self.data.y_train, s.initial_labels, seed=seed,
                                num_classes=self.data.num_classes)
         initial.check_budget(s.query_size, s.rounds)
+        options = s.strategy_options.get(strategy_name, {})
+        for (name, _, _), record in self.done.items():
+            if name == strategy_name and record.get("strategy_options", {}) != options:
+                raise ValueError(
+                    f"{self.log.path} holds {strategy_name!r} records made with options "
+                    f"{record.get('strategy_options')} but the config gives {options}; use a "
+                    "new --workdir, or register the variant under a new strategy name.")
         pool, start = self._resume_pool(strategy_name, seed, initial)
         if start > 0 and hasattr(strategy, "load_state_dict"):
             strategy.load_state_dict(self.done[(strategy_name, seed, start - 1)]["strategy_state"])
@@ -217,6 +227,7 @@ class _Runner:
                 "acquisition_seconds": acquisition_seconds,
                 "train_seconds": summary["train_seconds"],
                 "train_metrics": summary["train_metrics"],
+                "strategy_options": options,
                 "shared_initial_model": r == 0,
                 # Stateful strategies (e.g. a bandit) carry state across rounds.
                 "strategy_state": (strategy.state_dict() if hasattr(strategy, "state_dict")

@@ -120,3 +120,16 @@ def test_bad_configs_are_refused_with_the_fix(dataset, tmp_path):
     with pytest.raises(ValueError, match="different config"):
         loop.run(_config(dataset, strategies="passive", rounds=0, train_steps=3),
                  tmp_path / "c", progress=False)
+
+
+def test_strategy_options_are_checked_per_strategy(dataset, tmp_path):
+    loop.run(_config(dataset, strategies="npc", rounds=0), tmp_path, progress=False)
+    # Options of another strategy do not conflict with finished npc records...
+    other = _config(dataset, strategies="passive", rounds=0)
+    other.strategy_options.margin = {"chunk_size": 8}
+    assert len(loop.run(other, tmp_path, progress=False)) == 2
+    # ...but changing npc's own options in the same workdir is refused.
+    changed = _config(dataset, strategies="npc", rounds=0)
+    changed.strategy_options.npc.num_candidates = 32
+    with pytest.raises(ValueError, match="new strategy name"):
+        loop.run(changed, tmp_path, progress=False)
