@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import numpy as np
 
-from npc_jax.data import DataError, Pool
+from npc_jax.data import Pool
 from npc_jax.models import Model
 from npc_jax.train import batched_apply
 
@@ -68,9 +68,4 @@ class Strategy(Protocol):
 
 def check_query(pool: Pool, q: int) -> None:
     """Raises DataError if q is not a positive int or exceeds the unlabeled pool."""
-    if int(q) != q or q <= 0:
-        raise DataError(f"Query size must be a positive integer, got {q!r}.")
-    if q > pool.num_unlabeled:
-        raise DataError(
-            f"Query size {q} exceeds the {pool.num_unlabeled} unlabeled samples left; "
-            "lower query_size or rounds.")
+    pool.check_budget(q, rounds=1)
