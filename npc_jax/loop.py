@@ -53,6 +53,7 @@ class RunSettings:
     query_size: int
     rounds: int
     validation_size: int
+    initial_trainings: int
     train: train.TrainConfig
     strategy_options: dict
     config: dict
@@ -84,6 +85,10 @@ class RunSettings:
                 raise ValueError(f"config.{field} must be positive, got {cfg[field]}.")
         if int(cfg["rounds"]) < 0:
             raise ValueError(f"config.rounds must be >= 0, got {cfg['rounds']}.")
+        initial_trainings = int(cfg.get("initial_trainings", 1))
+        if initial_trainings < 1 or initial_trainings % 2 == 0:
+            raise ValueError("config.initial_trainings must be a positive odd number (the "
+                             f"round-0 model is the median of that many), got {initial_trainings}.")
         train_fields = dict(cfg.get("train", {}))
         train_fields["steps"] = int(cfg["train_steps"])
         train_fields["method"] = "fixmatch" if mode == "assl" else "supervised"
@@ -98,6 +103,7 @@ class RunSettings:
                    initial_labels=int(cfg["initial_labels"]),
                    query_size=int(cfg["query_size"]), rounds=int(cfg["rounds"]),
                    validation_size=int(cfg.get("validation_size", 0)),
+                   initial_trainings=initial_trainings,
                    train=train.TrainConfig(**train_fields), strategy_options=options,
                    config=cfg, config_hash=digest)
 
@@ -150,7 +156,13 @@ class _Runner:
         return variables, summary
 
     def _initial_model(self, seed: int, pool: Pool, key: jax.Array):
-        """The round-0 model of a seed: trained once, shared by its strategies."""
+        """The round-0 model of a seed: trained once, shared by its strategies.
+
+        With ``initial_trainings = k > 1`` (the paper's protocol, k = 5) it is
+        the trainee of median accuracy among k trainings from keys
+        ``fold_in(key, i)``: on the validation split when the config carves
+        one, else on the test split as the paper did.
+        """
         stem = self.workdir / "checkpoints" / f"seed{seed}_round0"
         weights, meta = stem.with_suffix(".msgpack"), stem.with_suffix(".json")
         template = jax.device_get(self.model.init(jax.random.PRNGKey(0)))
@@ -158,7 +170,21 @@ class _Runner:
             summary = json.loads(meta.read_text())
             if summary.get("labeled_indices") == pool.labeled_indices.tolist():
                 return flax.serialization.from_bytes(template, weights.read_bytes()), summary
-        variables, summary = self._train_and_evaluate(pool, key, f"seed {seed} round 0")
+        k = self.s.initial_trainings
+        if k == 1:
+            variables, summary = self._train_and_evaluate(pool, key, f"seed {seed} round 0")
+        else:
+            trainees = [self._train_and_evaluate(pool, jax.random.fold_in(key, i),
+                                                 f"seed {seed} round 0 ({i + 1}/{k})")
+                        for i in range(k)]
+            criterion = "validation_accuracy" if self.validation is not None else "test_accuracy"
+            scores = [summary[criterion] for _, summary in trainees]
+            median = int(np.argsort(scores, kind="stable")[k // 2])
+            variables, summary = trainees[median]
+            summary["initial_trainings"] = {
+                "criterion": criterion, "chosen": median,
+                "test_accuracies": [t[1]["test_accuracy"] for t in trainees],
+                "train_seconds": [t[1]["train_seconds"] for t in trainees]}
         summary["labeled_indices"] = pool.labeled_indices.tolist()
         stem.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(weights, flax.serialization.to_bytes(variables))
@@ -229,6 +255,7 @@ class _Runner:
                 "train_metrics": summary["train_metrics"],
                 "strategy_options": options,
                 "shared_initial_model": r == 0,
+                "initial_trainings": summary.get("initial_trainings") if r == 0 else None,
                 # Stateful strategies (e.g. a bandit) carry state across rounds.
                 "strategy_state": (strategy.state_dict() if hasattr(strategy, "state_dict")
                                    else None),

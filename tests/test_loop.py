@@ -133,3 +133,15 @@ def test_strategy_options_are_checked_per_strategy(dataset, tmp_path):
     changed.strategy_options.npc.num_candidates = 32
     with pytest.raises(ValueError, match="new strategy name"):
         loop.run(changed, tmp_path, progress=False)
+
+
+def test_initial_model_is_the_median_of_k_trainings(dataset, tmp_path):
+    records = loop.run(_config(dataset, strategies="passive", rounds=0, initial_trainings=3),
+                       tmp_path, progress=False)
+    info = records[0]["initial_trainings"]
+    assert info["criterion"] == "test_accuracy" and len(info["test_accuracies"]) == 3
+    accuracies = info["test_accuracies"]
+    assert accuracies[info["chosen"]] == sorted(accuracies)[1]
+    assert records[0]["test_accuracy"] == accuracies[info["chosen"]]
+    with pytest.raises(ValueError, match="odd"):
+        loop.run(_config(dataset, initial_trainings=2), tmp_path / "even")
