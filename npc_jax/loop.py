@@ -80,9 +80,11 @@ class RunSettings:
                              f"got {cfg['seeds']!r}.") from None
         if not seeds or len(set(seeds)) != len(seeds):
             raise ValueError(f"config.seeds must be distinct integers, got {cfg['seeds']!r}.")
-        for field in ("initial_labels", "query_size"):
-            if int(cfg[field]) <= 0:
-                raise ValueError(f"config.{field} must be positive, got {cfg[field]}.")
+        if int(cfg["query_size"]) <= 0:
+            raise ValueError(f"config.query_size must be positive, got {cfg['query_size']}.")
+        if int(cfg["initial_labels"]) < 0:
+            raise ValueError("config.initial_labels must be >= 0 (0: zero-shot, the first "
+                             f"query from a randomly initialised model), got {cfg['initial_labels']}.")
         if int(cfg["rounds"]) < 0:
             raise ValueError(f"config.rounds must be >= 0, got {cfg['rounds']}.")
         initial_trainings = int(cfg.get("initial_trainings", 1))
@@ -158,7 +160,8 @@ class _Runner:
     def _initial_model(self, seed: int, pool: Pool, key: jax.Array):
         """The round-0 model of a seed: trained once, shared by its strategies.
 
-        With ``initial_trainings = k > 1`` (the paper's protocol, k = 5) it is
+        With no initial labels (zero-shot) it is the random initialisation from
+        `key`. With ``initial_trainings = k > 1`` (the paper's protocol, k = 5) it is
         the trainee of median accuracy among k trainings from keys
         ``fold_in(key, i)``: on the validation split when the config carves
         one, else on the test split as the paper did.
@@ -171,7 +174,17 @@ class _Runner:
             if summary.get("labeled_indices") == pool.labeled_indices.tolist():
                 return flax.serialization.from_bytes(template, weights.read_bytes()), summary
         k = self.s.initial_trainings
-        if k == 1:
+        if not len(pool.labeled_indices):   # zero-shot: nothing to train on
+            variables = jax.device_get(self.model.init(key))
+            summary = {"test_accuracy": train.evaluate(
+                           self.model, variables, self.data.x_test, self.data.y_test,
+                           batch_size=self.s.train.eval_batch_size),
+                       "train_seconds": 0.0, "train_metrics": {}}
+            if self.validation is not None:
+                summary["validation_accuracy"] = train.evaluate(
+                    self.model, variables, *self.validation,
+                    batch_size=self.s.train.eval_batch_size)
+        elif k == 1:
             variables, summary = self._train_and_evaluate(pool, key, f"seed {seed} round 0")
         else:
             trainees = [self._train_and_evaluate(pool, jax.random.fold_in(key, i),

@@ -397,6 +397,9 @@ def batched_apply(fn, variables, images, *, batch_size: int = 1000):
     """
     images = np.asarray(images)
     jitted = _jit_apply(fn)
+    if len(images) == 0:   # e.g. the labeled set of a zero-shot round
+        shapes = jax.eval_shape(jitted, variables, np.zeros((1, *images.shape[1:]), images.dtype))
+        return jax.tree_util.tree_map(lambda a: np.zeros((0, *a.shape[1:]), a.dtype), shapes)
     outputs = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]

@@ -145,3 +145,13 @@ def test_initial_model_is_the_median_of_k_trainings(dataset, tmp_path):
     assert records[0]["test_accuracy"] == accuracies[info["chosen"]]
     with pytest.raises(ValueError, match="odd"):
         loop.run(_config(dataset, initial_trainings=2), tmp_path / "even")
+
+
+@pytest.mark.parametrize("strategy", ["passive", "npc", "margin", "coreset", "badge"])
+def test_zero_shot_queries_from_the_random_initialisation(dataset, tmp_path, strategy):
+    records = loop.run(_config(dataset, strategies=strategy, initial_labels=0, rounds=1,
+                               query_size=8), tmp_path, progress=False)
+    first, second = sorted(records, key=lambda r: r["round"])
+    assert first["num_labels"] == 0 and first["train_seconds"] == 0.0
+    assert len(set(first["acquired_indices"])) == 8
+    assert second["num_labels"] == 8 and second["labeled_indices"] == first["acquired_indices"]
