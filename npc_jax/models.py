@@ -65,7 +65,87 @@ class SmallCNN(nn.Module):
         return (logits, features) if return_features else logits
 
 
-_MODULES: dict[str, Callable[..., nn.Module]] = {"cnn": SmallCNN}
+def _leaky_relu(x):
+    return nn.leaky_relu(x, negative_slope=0.1)
+
+
+# FixMatch's WRN initialises convs with He-normal on fan-out (gain of a leaky
+# ReLU with slope 0.1) and the classifier with Glorot-normal.
+_conv_init = nn.initializers.variance_scaling(2.0 / (1 + 0.1 ** 2), "fan_out", "normal")
+_dense_init = nn.initializers.xavier_normal()
+
+
+class _WideBlock(nn.Module):
+    """Pre-activation basic block: BN-act-conv3x3(stride)-BN-act-conv3x3 + shortcut.
+
+    The shortcut is the identity when shapes agree, else a 1x1 strided
+    projection of the activated input. With `activate_before_residual` (first
+    group) the identity path, too, starts from the activated input.
+    """
+
+    width: int
+    stride: int
+    activate_before_residual: bool
+    norm: Callable[..., nn.Module]
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x):
+        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=_conv_init,
+                                 dtype=self.dtype)
+        project = x.shape[-1] != self.width or self.stride != 1
+        activated = _leaky_relu(self.norm(name="bn1")(x))
+        if project or self.activate_before_residual:
+            x = activated
+        y = conv(self.width, (3, 3), strides=self.stride, name="conv1")(activated)
+        y = conv(self.width, (3, 3), name="conv2")(_leaky_relu(self.norm(name="bn2")(y)))
+        if project:
+            x = conv(self.width, (1, 1), strides=self.stride, name="shortcut")(x)
+        return x + y
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-k as in FixMatch: 3 groups of (depth - 4) / 6 pre-activation blocks.
+
+    conv3x3(16) -> groups of widths (16k, 32k, 64k), strides (1, 2, 2) ->
+    BN -> leaky ReLU(0.1) -> global average pool (the features, 64k) ->
+    classifier. No conv biases; BatchNorm momentum 0.999 (PyTorch's 0.001).
+    WRN-28-2 has 1,467,610 parameters for 10 classes.
+
+    `dtype` is the compute dtype (bfloat16 on GPUs); parameters, BatchNorm
+    statistics and the logits stay float32.
+    """
+
+    num_classes: int
+    depth: int = 28
+    widen_factor: int = 2
+    bn_momentum: float = 0.999
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False, return_features: bool = False):
+        if (self.depth - 4) % 6:
+            raise ValueError(f"WideResNet depth must be 6n + 4, got {self.depth}.")
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                                 momentum=self.bn_momentum, epsilon=1e-3, dtype=self.dtype)
+        blocks = (self.depth - 4) // 6
+        x = nn.Conv(16, (3, 3), use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
+                    name="stem")(x.astype(self.dtype))
+        for group, (width, stride) in enumerate(zip((16, 32, 64), (1, 2, 2))):
+            for i in range(blocks):
+                x = _WideBlock(width * self.widen_factor, stride if i == 0 else 1,
+                               activate_before_residual=group == 0 and i == 0,
+                               norm=norm, dtype=self.dtype, name=f"group{group}_block{i}")(x)
+        x = _leaky_relu(norm(name="bn_final")(x))
+        features = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+        logits = nn.Dense(self.num_classes, kernel_init=_dense_init, name=CLASSIFIER)(features)
+        return (logits, features) if return_features else logits
+
+
+_MODULES: dict[str, Callable[..., nn.Module]] = {
+    "cnn": SmallCNN,
+    "wrn28_2": functools.partial(WideResNet, depth=28, widen_factor=2),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +198,10 @@ class Model:
 
 def get_model(name: str, num_classes: int,
               input_shape: tuple[int, int, int] = (28, 28, 1), **kwargs) -> Model:
-    """Builds a registered model: ``"cnn"`` (the small CPU CNN)."""
+    """Builds a registered model: ``"cnn"`` (the small CPU CNN) or ``"wrn28_2"``.
+
+    `kwargs` go to the module (e.g. ``dtype=jnp.bfloat16`` for WRN's compute).
+    """
     if name not in _MODULES:
         raise ValueError(
             f"Unknown model {name!r}; choose one of {sorted(_MODULES)} "

@@ -43,3 +43,46 @@ def test_other_input_shapes_and_errors():
         get_model("resnet", 10)
     with pytest.raises(ValueError, match="num_classes"):
         get_model("cnn", 1)
+
+
+@pytest.fixture(scope="module")
+def wrn():
+    model = get_model("wrn28_2", 10, input_shape=(32, 32, 3))
+    return model, model.init(jax.random.PRNGKey(0))
+
+
+def test_wrn28_2_matches_fixmatch_architecture(wrn):
+    model, variables = wrn
+    params = variables["params"]
+    # FixMatch's WRN-28-2 (no conv biases): 1,467,610 parameters for 10 classes.
+    assert count_params(params) == 1_467_610
+    assert count_params(get_model("wrn28_2", 100, (32, 32, 3)).init(
+        jax.random.PRNGKey(0))["params"]) == 1_467_610 + 90 * 128 + 90
+    blocks = sorted(k for k in params if k.startswith("group"))
+    assert len(blocks) == 12   # 3 groups of (28 - 4) / 6 = 4 blocks
+    # 1x1 projections exactly where the width or resolution changes.
+    assert sorted(k for k in blocks if "shortcut" in params[k]) == [
+        "group0_block0", "group1_block0", "group2_block0"]
+    assert params["group2_block3"]["conv2"]["kernel"].shape == (3, 3, 128, 128)
+    assert params[CLASSIFIER]["kernel"].shape == (128, 10)
+    assert model.module.bn_momentum == 0.999
+    # He-normal on fan-out for leaky ReLU(0.1): std = sqrt(2 / (1.01 * 9 * 128)).
+    kernel = np.asarray(params["group2_block3"]["conv1"]["kernel"])
+    np.testing.assert_allclose(kernel.std(), np.sqrt(2 / (1.01 * 9 * 128)), rtol=0.05)
+
+
+def test_wrn_views_and_bfloat16_compute_agree(wrn):
+    model, variables = wrn
+    x = jax.random.uniform(jax.random.PRNGKey(1), (4, 32, 32, 3))
+    logits, features = model.apply_with_features(variables, x)
+    assert logits.shape == (4, 10) and features.shape == (4, 128)
+    assert logits.dtype == jnp.float32
+    _, stats = model.apply_train(variables, x)
+    variables = {"params": variables["params"], "batch_stats": stats}
+    half = get_model("wrn28_2", 10, input_shape=(32, 32, 3), dtype=jnp.bfloat16)
+    full_logits = model.apply_fn(variables, x)
+    half_logits = half.apply_fn(variables, x)
+    assert half_logits.dtype == jnp.float32
+    scale = float(jnp.abs(full_logits).max())
+    np.testing.assert_allclose(half_logits, full_logits, atol=0.05 * scale)
+    assert not np.array_equal(half_logits, full_logits)   # bf16 really ran
