@@ -1,0 +1,565 @@
+"""Benchmark reports: tables and figures from the records of several runs.
+
+`write_report(paths, out_dir)` reads the results.jsonl records (DESIGN.md §5)
+of any number of runs, ASSL and ASL mixed, and writes into ``out_dir``:
+
+  report.md          accuracy table (the paper's layout) + the tables below
+  accuracy.{png,svg}      accuracy vs labels, mean ± std over seeds, a panel per mode
+  label_iou.{png,svg}     pairwise IoU of the acquired label sets (the paper's Fig. 1)
+  class_counts.{png,svg}  classes of the acquired labels, uniform level marked
+  lambda_min.{png,svg}    NPC: the chosen batch's λ_min vs the random candidates
+
+A row is a (mode, strategy) pair. Statistics are over seeds; std is the sample
+std (ddof=1) everywhere, undefined (nan) for a single seed. Accuracies are in
+percent. Everything but the plotting is a pure function of a list of records.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+from pathlib import Path
+from typing import Iterable, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+Row = tuple[str, str]  # (mode, strategy)
+
+MODE_ORDER = ("assl", "asl")
+MODE_TITLES = {"assl": "ASSL (FixMatch-DARP)", "asl": "ASL (supervised)"}
+_REQUIRED_KEYS = ("mode", "strategy", "seed", "round", "num_labels", "test_accuracy")
+
+
+class Stat(NamedTuple):
+    """Mean and sample std (ddof=1; nan when n < 2) of n values."""
+    mean: float
+    std: float
+    n: int
+
+
+def mean_std(values: Iterable[float]) -> Stat:
+    """`Stat` of a 1-D sequence (mean nan when empty)."""
+    values = np.asarray(list(values), dtype=float)
+    if values.size == 0:
+        return Stat(math.nan, math.nan, 0)
+    std = float(values.std(ddof=1)) if values.size > 1 else math.nan
+    return Stat(float(values.mean()), std, int(values.size))
+
+
+def row_name(row: Row) -> str:
+    mode, strategy = row
+    return f"{strategy} ({mode.upper()})"
+
+
+# -- reading -------------------------------------------------------------------------
+
+
+def load_records(paths: Iterable[str | os.PathLike]) -> list[dict]:
+    """Records of run directories (every *.jsonl below them) and .jsonl files.
+
+    Read-only: unlike `results.ResultsLog`, a half-written last line (a run
+    still appending) is skipped, never truncated away.
+
+    Raises:
+      ValueError: a path that does not exist, holds no records, is not a
+        .jsonl file of run records; the same (mode, strategy, seed, round) in
+        two files; records of several datasets.
+    """
+    records, origin = [], {}
+    for path in map(Path, paths):
+        if path.is_dir():
+            files = sorted(path.rglob("*.jsonl"))
+        elif path.is_file():
+            if path.suffix != ".jsonl":
+                raise ValueError(f"Unknown file {path}: expected a run's results.jsonl "
+                                 "(JSON lines, *.jsonl) or a run directory.")
+            files = [path]
+        else:
+            raise ValueError(f"{path} does not exist; pass run directories or results.jsonl files.")
+        file_records = [(file.resolve(), r) for file in files for r in _read_jsonl(file)]
+        if not file_records:
+            raise ValueError(f"No records found at {path}; pass a run's workdir (holding "
+                             "results.jsonl) or the .jsonl files of finished rounds.")
+        for file, record in file_records:
+            key = tuple(record[k] for k in ("mode", "strategy", "seed", "round"))
+            if key in origin:
+                if origin[key] == file:
+                    continue  # the same file reached through two arguments
+                raise ValueError(f"(mode, strategy, seed, round) = {key} is recorded in both "
+                                 f"{origin[key]} and {file}; pass each run once.")
+            origin[key] = file
+            records.append(record)
+    datasets = sorted({r["dataset"] for r in records if r.get("dataset")})
+    if len(datasets) > 1:
+        raise ValueError(f"The records come from several datasets ({', '.join(datasets)}); "
+                         "report one dataset at a time.")
+    return records
+
+
+def _read_jsonl(file: Path) -> list[dict]:
+    *lines, tail = file.read_text(encoding="utf-8").split("\n")
+    records = []
+    for number, line in enumerate(lines + [tail], 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines) + 1:
+                continue  # no newline yet: a run is writing this line right now
+            raise ValueError(f"{file}:{number} is not JSON ({error.msg}); expected a "
+                             "results.jsonl of npc_jax.loop.") from None
+        missing = [k for k in _REQUIRED_KEYS if not isinstance(record, dict) or k not in record]
+        if missing:
+            raise ValueError(f"{file}:{number} is not a run record (it lacks {', '.join(missing)}); "
+                             "expected the results.jsonl records of npc_jax.loop (DESIGN.md §5).")
+        records.append(record)
+    return records
+
+
+def _rows(records: Sequence[dict]) -> list[Row]:
+    """Rows by the strategies' first appearance (a config's order), modes ASSL then ASL."""
+    strategies = list(dict.fromkeys(r["strategy"] for r in records))
+    present = {(r["mode"], r["strategy"]) for r in records}
+    return [(m, s) for s in strategies for m in _modes(records) if (m, s) in present]
+
+
+def _modes(records: Sequence[dict]) -> list[str]:
+    return sorted({r["mode"] for r in records},
+                  key=lambda m: (MODE_ORDER.index(m) if m in MODE_ORDER else len(MODE_ORDER), m))
+
+
+def _by_row_seed(records: Sequence[dict]) -> dict[Row, dict[int, dict[int, dict]]]:
+    """{row: {seed: {round: record}}}."""
+    grouped = collections.defaultdict(lambda: collections.defaultdict(dict))
+    for r in records:
+        grouped[(r["mode"], r["strategy"])][r["seed"]][r["round"]] = r
+    return grouped
+
+
+# -- accuracy ------------------------------------------------------------------------
+
+
+def auc(curve: Mapping[int, float], label_counts: Sequence[int]) -> float:
+    """Area under one accuracy-vs-labels curve: its mean over `label_counts`.
+
+    The mean over the points (BENCHMARKS L1), i.e. the trapezoid area only for
+    equally spaced counts. Raises ValueError if the curve misses a count.
+    """
+    missing = [n for n in label_counts if n not in curve]
+    if missing:
+        raise ValueError(f"The curve has no accuracy at {missing} labels; its AUC would not "
+                         "compare with complete curves.")
+    return float(np.mean([curve[n] for n in label_counts]))
+
+
+def summarize(records: Sequence[dict]) -> dict:
+    """Accuracy statistics per row and label count, and the AUC, over seeds.
+
+    Returns a dict:
+      label_counts: {mode: sorted label counts of the mode} (the AUC's points)
+      max_seeds: the most seeds of any cell
+      rows: {row: {"cells": {num_labels: Stat of accuracy in %},
+                   "auc": Stat over the seeds with every point of the mode,
+                   "seeds": sorted seeds, "auc_seeds": the seeds counted in "auc",
+                   "incomplete": {seed: the mode's counts it misses}}}, in report order.
+    """
+    grouped = _by_row_seed(records)
+    label_counts = collections.defaultdict(set)
+    for r in records:
+        label_counts[r["mode"]].add(r["num_labels"])
+    label_counts = {mode: sorted(label_counts[mode]) for mode in _modes(records)}
+    rows = {}
+    for row in _rows(records):
+        curves = {seed: {r["num_labels"]: 100.0 * r["test_accuracy"] for r in by_round.values()}
+                  for seed, by_round in sorted(grouped[row].items())}
+        counts = label_counts[row[0]]
+        cells = {n: mean_std(c[n] for c in curves.values() if n in c)
+                 for n in counts if any(n in c for c in curves.values())}
+        incomplete = {seed: [n for n in counts if n not in c] for seed, c in curves.items()
+                      if any(n not in c for n in counts)}
+        auc_seeds = [seed for seed in curves if seed not in incomplete]
+        rows[row] = {"cells": cells, "auc": mean_std(auc(curves[s], counts) for s in auc_seeds),
+                     "seeds": list(curves), "auc_seeds": auc_seeds, "incomplete": incomplete}
+    max_seeds = max((c.n for r in rows.values() for c in r["cells"].values()), default=0)
+    return {"label_counts": label_counts, "max_seeds": max_seeds, "rows": rows}
+
+
+# -- acquired label sets ---------------------------------------------------------------
+
+
+def _acquired_upto(by_round: Mapping[int, dict], last_round: int) -> set[int]:
+    return {i for r, record in by_round.items() if r <= last_round
+            for i in record.get("acquired_indices") or ()}
+
+
+def label_set_iou(records: Sequence[dict]) -> tuple[list[Row], np.ndarray]:
+    """Pairwise IoU |A∩B| / |A∪B| of the labels two rows acquired, mean over seeds.
+
+    A row's set for a seed is the union of its acquired_indices over rounds,
+    i.e. its final labeled set minus the seed's shared initial labels. Two rows
+    are compared on their common seeds, each up to the last round both reached,
+    so a run in progress is compared fairly with a finished one.
+
+    Returns:
+      names: the K rows.
+      iou: (K, K) float, symmetric, nan where two rows share no seed (or
+        acquired nothing).
+    """
+    grouped = _by_row_seed(records)
+    names = _rows(records)
+    iou = np.full((len(names), len(names)), math.nan)
+    for a, row_a in enumerate(names):
+        for b, row_b in enumerate(names[a:], a):
+            values = []
+            for seed in sorted(set(grouped[row_a]) & set(grouped[row_b])):
+                last = min(max(grouped[row_a][seed]), max(grouped[row_b][seed]))
+                set_a = _acquired_upto(grouped[row_a][seed], last)
+                set_b = _acquired_upto(grouped[row_b][seed], last)
+                if set_a | set_b:
+                    values.append(len(set_a & set_b) / len(set_a | set_b))
+            if values:
+                iou[a, b] = iou[b, a] = float(np.mean(values))
+    return names, iou
+
+
+def acquired_class_counts(records: Sequence[dict]) -> tuple[list[Row], np.ndarray, list[int]]:
+    """Classes of the acquired labels per row, mean over seeds.
+
+    A seed's counts are class_counts at the row's last round reached by all its
+    seeds minus those at round 0 (the shared initial labels), so every seed
+    contributes the same number of labels.
+
+    Returns:
+      names: the K rows (those with a round-0 record).
+      counts: (K, C) float, mean acquired labels per class; a row sums to the
+        labels acquired per seed.
+      num_seeds: (K,) seeds averaged per row.
+    """
+    grouped = _by_row_seed(records)
+    names, counts, num_seeds = [], [], []
+    for row in _rows(records):
+        seeds = {seed: by_round for seed, by_round in grouped[row].items()
+                 if 0 in by_round and by_round[0].get("class_counts") is not None}
+        if not seeds:
+            continue
+        last = min(max(by_round) for by_round in seeds.values())
+        per_seed = [np.subtract(b[last]["class_counts"], b[0]["class_counts"])
+                    for b in seeds.values()]
+        if len({len(c) for c in per_seed} | {len(c) for c in counts[-1:]}) > 1:
+            raise ValueError(f"{row_name(row)}: class_counts of different lengths; the records "
+                             "mix datasets with different numbers of classes.")
+        names.append(row)
+        counts.append(np.mean(per_seed, axis=0))
+        num_seeds.append(len(per_seed))
+    return names, np.array(counts, dtype=float).reshape(len(names), -1), num_seeds
+
+
+# -- NPC's objective -----------------------------------------------------------------
+
+
+_RANDOM_STATS = {"mean": ("mean",), "q25": ("quantiles", "0.25"), "median": ("quantiles", "0.5"),
+                 "q75": ("quantiles", "0.75"), "max": ("quantiles", "1.0")}
+
+
+def lambda_min_rounds(records: Sequence[dict]) -> dict[Row, list[dict]]:
+    """Per round, the chosen batch's λ_min against the random candidate batches'.
+
+    Only rows whose records carry objective.lambda_min (NPC strategies).
+
+    Returns:
+      {row: [one dict per acquisition round, by round:
+             round, num_labels (labeled when choosing),
+             chosen: Stat of λ_min over seeds,
+             random: {mean, q25, median, q75, max: mean over seeds} of the
+               objective.random_batches summaries (empty when none recorded),
+             chosen_over_median: Stat over seeds of λ_min / random median]}.
+    """
+    per_round = collections.defaultdict(lambda: collections.defaultdict(list))
+    for r in records:
+        objective = r.get("objective")
+        if isinstance(objective, dict) and objective.get("lambda_min") is not None:
+            per_round[(r["mode"], r["strategy"])][(r["round"], r["num_labels"])].append(objective)
+    result = {}
+    for row in _rows(records):
+        if row not in per_round:
+            continue
+        result[row] = []
+        for (round_, num_labels), objectives in sorted(per_round[row].items()):
+            randoms = [o["random_batches"] for o in objectives if o.get("random_batches")]
+            random = {name: float(np.mean([_dig(s, keys) for s in randoms]))
+                      for name, keys in _RANDOM_STATS.items()
+                      if randoms and all(_dig(s, keys) is not None for s in randoms)}
+            ratios = [o["lambda_min"] / _dig(o["random_batches"], _RANDOM_STATS["median"])
+                      for o in objectives
+                      if _dig(o.get("random_batches"), _RANDOM_STATS["median"])]
+            result[row].append({"round": round_, "num_labels": num_labels,
+                                "chosen": mean_std(o["lambda_min"] for o in objectives),
+                                "random": random, "chosen_over_median": mean_std(ratios)})
+    return result
+
+
+def _dig(mapping, keys):
+    for key in keys:
+        if not isinstance(mapping, dict) or key not in mapping:
+            return None
+        mapping = mapping[key]
+    return mapping
+
+
+# -- markdown --------------------------------------------------------------------------
+
+
+def _cell(stat: Stat, max_seeds: int, bold: bool = False) -> str:
+    if stat.n == 0:
+        return "—"
+    text = f"{stat.mean:.2f}" + (f" ± {stat.std:.2f}" if stat.n > 1 else "")
+    text = f"**{text}**" if bold else text
+    return text + (f" ⚠n={stat.n}" if stat.n < max_seeds else "")
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]], align_from: int) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "".join("---|" if i < align_from else "---:|" for i in range(len(header)))]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def accuracy_markdown(summary: dict) -> str:
+    """The paper's Table 1 layout: a row per strategy and mode, a column per label count."""
+    counts = sorted({n for c in summary["label_counts"].values() for n in c})
+    max_seeds = summary["max_seeds"]
+    best = {}  # (mode, column) -> best mean, bolded when the mode has several rows
+    for (mode, _), row in summary["rows"].items():
+        for column, stat in [*row["cells"].items(), ("auc", row["auc"])]:
+            if stat.n and stat.mean > best.get((mode, column), -math.inf):
+                best[(mode, column)] = stat.mean
+    rows_per_mode = collections.Counter(mode for mode, _ in summary["rows"])
+    table, notes = [], []
+    for (mode, strategy), row in summary["rows"].items():
+        stats = {n: row["cells"].get(n, Stat(math.nan, math.nan, 0)) for n in counts}
+        stats["auc"] = row["auc"]
+        table.append([strategy, mode.upper()]
+                     + [_cell(stat, max_seeds, rows_per_mode[mode] > 1 and stat.n > 0
+                              and stat.mean == best[(mode, column)])
+                        for column, stat in stats.items()]
+                     + [str(len(row["seeds"]))])
+        for seed, missing in row["incomplete"].items():
+            notes.append(f"- {strategy} ({mode.upper()}) seed {seed} has no accuracy at "
+                         f"{', '.join(map(str, missing))} labels: its AUC leaves the seed out "
+                         f"(AUC over seeds {', '.join(map(str, row['auc_seeds'])) or 'none'}).")
+    schedules = {tuple(c) for c in summary["label_counts"].values()}
+    points = (", ".join(map(str, *schedules)) if len(schedules) == 1 else
+              "; ".join(f"{mode.upper()}: {', '.join(map(str, c))}"
+                        for mode, c in summary["label_counts"].items()))
+    lines = [f"Test accuracy (%), mean ± sample std (ddof=1) over seeds, {max_seeds} seeds per "
+             "cell unless marked ⚠n=k (fewer seeds). AUC: a seed's mean accuracy over its "
+             f"mode's label counts ({points}), then mean ± std over the seeds that reached "
+             "all of them. Bold: the best mean of a column within a mode.", ""]
+    lines += _table(["strategy", "mode", *map(str, counts), "AUC", "seeds"], table, 2)
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def _number(value: float) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{value:.3g}"
+
+
+def report_markdown(records: Sequence[dict], sources: Sequence[str] = (),
+                    figures: Sequence[str] = ()) -> str:
+    """The whole report.md: accuracy, label-set IoU, class counts, NPC's λ_min."""
+    summary = summarize(records)
+    dataset = next((r["dataset"] for r in records if r.get("dataset")), "unknown dataset")
+    lines = [f"# Report: {dataset}", "",
+             f"{len(records)} records from {', '.join(map(str, sources)) or 'memory'}.", "",
+             "## Accuracy", "", accuracy_markdown(summary), ""]
+
+    names, iou = label_set_iou(records)
+    lines += ["## Overlap of the acquired label sets", "",
+              "IoU |A∩B| / |A∪B| of the labels two rows acquired (the final labeled set minus "
+              "the seed's shared initial labels), per seed up to the last round both reached, "
+              "mean over common seeds; — when they share no seed.", ""]
+    lines += _table(["", *map(row_name, names)],
+                    ([row_name(a), *("—" if math.isnan(v) else f"{v:.2f}" for v in line)]
+                     for a, line in zip(names, iou)), 1)
+
+    names, counts, num_seeds = acquired_class_counts(records)
+    lines += ["", "## Classes of the acquired labels", "",
+              "Acquired labels per class (class_counts at the last round every seed of the row "
+              "reached minus round 0), mean over seeds; uniform = acquired / classes. "
+              "max/min: the most over the fewest acquired class.", ""]
+    body = []
+    for row, c, n in zip(names, counts, num_seeds):
+        spread = f"{c.max() / c.min():.2f}" if c.min() > 0 else "∞"
+        body.append([row_name(row), *(f"{v:.1f}" for v in c), f"{c.sum():.1f}",
+                     f"{c.sum() / len(c):.1f}", spread, str(n)])
+    lines += _table(["", *map(str, range(counts.shape[1])), "acquired", "uniform", "max/min",
+                     "seeds"], body, 1)
+
+    lines += ["", "## NPC: the chosen batch's λ_min vs the random candidate batches", ""]
+    lam = lambda_min_rounds(records)
+    if lam:
+        lines += ["λ_min of the acquired batch and statistics of the m random candidate batches' "
+                  "λ_min (objective.random_batches), each averaged over seeds; ratio: mean over "
+                  "seeds of chosen / random median.", ""]
+        lines += _table(["", "round", "labels", "seeds", "chosen λ_min", "random mean",
+                         "random median", "random max", "chosen / median"],
+                        ([row_name(row), str(e["round"]), str(e["num_labels"]),
+                          str(e["chosen"].n), _number(e["chosen"].mean),
+                          *(_number(e["random"].get(k)) for k in ("mean", "median", "max")),
+                          _number(e["chosen_over_median"].mean)]
+                         for row, entries in lam.items() for e in entries), 1)
+    else:
+        lines.append("No record carries objective.lambda_min (no NPC strategy in these runs).")
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
+    return "\n".join(lines) + "\n"
+
+
+# -- figures ---------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, stem: Path) -> list[Path]:
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    fig.savefig(paths[0], dpi=150)
+    import matplotlib
+    with matplotlib.rc_context({"svg.hashsalt": "npc_jax"}):  # fixed ids, no date: reruns
+        fig.savefig(paths[1], metadata={"Date": None})        # give byte-equal files
+    _pyplot().close(fig)
+    return paths
+
+
+def _strategy_colors(rows: Iterable[Row]) -> dict[str, tuple]:
+    """One colour per strategy, the same in every panel and figure."""
+    import matplotlib
+    strategies = list(dict.fromkeys(s for _, s in rows))
+    cmap = matplotlib.colormaps["tab10" if len(strategies) <= 10 else "tab20"]
+    return {s: cmap(i % cmap.N) for i, s in enumerate(strategies)}
+
+
+def _panels(count: int, max_columns: int, panel_size: tuple[float, float], **kwargs):
+    """A grid of `count` panels, at most `max_columns` wide; the spare ones hidden."""
+    columns = min(count, max_columns)
+    rows = -(-count // columns)
+    fig, axes = _pyplot().subplots(rows, columns, squeeze=False, **kwargs,
+                                   figsize=(panel_size[0] * columns, panel_size[1] * rows))
+    for ax in axes.flat[count:]:
+        ax.axis("off")
+    return fig, axes
+
+
+def plot_accuracy_curves(summary: dict, stem: Path) -> list[Path]:
+    """Accuracy vs labels, mean ± std over seeds, a line per strategy, a panel per mode."""
+    modes = list(dict.fromkeys(mode for mode, _ in summary["rows"]))
+    colors = _strategy_colors(summary["rows"])
+    fig, axes = _panels(len(modes), len(modes), (5.5, 4.2), sharey=True)
+    for ax, mode in zip(axes[0], modes):
+        for (row_mode, strategy), row in summary["rows"].items():
+            if row_mode != mode:
+                continue
+            counts = sorted(row["cells"])
+            stats = [row["cells"][n] for n in counts]
+            ax.errorbar(counts, [s.mean for s in stats], capsize=3, marker="o", ms=4,
+                        yerr=[0.0 if math.isnan(s.std) else s.std for s in stats],
+                        color=colors[strategy], label=f"{strategy} (n={max(s.n for s in stats)})")
+        ax.set_title(MODE_TITLES.get(mode, mode))
+        ax.set_xticks(summary["label_counts"][mode])
+        ax.set_xlabel("number of labels")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0, 0].set_ylabel("test accuracy (%), mean ± std over seeds")
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
+def plot_label_iou(names: Sequence[Row], iou: np.ndarray, stem: Path) -> list[Path]:
+    """Heatmap of the (K, K) IoU matrix of `label_set_iou`, values written in."""
+    size = max(3.0, 1.8 + 0.75 * len(names))
+    fig, ax = _pyplot().subplots(figsize=(size + 1.4, size + 0.4))
+    image = ax.imshow(np.ma.masked_invalid(iou), vmin=0.0, vmax=1.0, cmap="viridis")
+    for (a, b), value in np.ndenumerate(iou):
+        ax.text(b, a, "—" if math.isnan(value) else f"{value:.2f}", ha="center", va="center",
+                fontsize=9, color="black" if value > 0.6 else "white")
+    labels = [row_name(row) for row in names]
+    ax.set_xticks(range(len(names)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), labels)
+    ax.set_title("IoU of the acquired label sets\n(mean over seeds)", fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
+def plot_class_counts(names: Sequence[Row], counts: np.ndarray, num_seeds: Sequence[int],
+                      stem: Path) -> list[Path]:
+    """Bars of the (K, C) acquired class counts, a panel per row, uniform level dashed."""
+    fig, axes = _panels(len(names), 4, (3.4, 2.6), sharey=True)
+    colors = _strategy_colors(names)
+    for ax, row, c, n in zip(axes.flat, names, counts, num_seeds):
+        ax.bar(range(len(c)), c, color=colors[row[1]])
+        ax.axhline(c.sum() / len(c), color="black", ls="--", lw=1, label="uniform")
+        ax.set_title(f"{row_name(row)}, {c.sum():.0f} labels, n={n}", fontsize=9)
+        ax.set_xticks(range(len(c)))
+        ax.set_xlabel("class", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("acquired labels\n(mean over seeds)", fontsize=8)
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
+def plot_lambda_min(rounds: Mapping[Row, list[dict]], stem: Path) -> list[Path]:
+    """Per NPC row: chosen λ_min (mean ± std over seeds) and the random batches' spread."""
+    fig, axes = _panels(len(rounds), 3, (4.6, 3.8))
+    for ax, (row, entries) in zip(axes.flat, rounds.items()):
+        x = [e["num_labels"] for e in entries]
+        values = [e["chosen"].mean for e in entries]
+
+        def random(name):
+            return np.array([e["random"].get(name, math.nan) for e in entries])
+
+        if all(e["random"] for e in entries):
+            ax.fill_between(x, random("q25"), random("q75"), color="tab:gray", alpha=0.3,
+                            label="random batches: 25–75%")
+            ax.plot(x, random("median"), color="tab:gray", marker=".", label="random: median")
+            ax.plot(x, random("max"), color="black", ls="--", marker=".", label="random: max")
+            values += [*random("q25"), *random("max")]
+        ax.errorbar(x, [e["chosen"].mean for e in entries], capsize=3, marker="o",
+                    yerr=[0.0 if math.isnan(e["chosen"].std) else e["chosen"].std for e in entries],
+                    color="tab:red", label="chosen batch")
+        if all(v > 0 for v in values if math.isfinite(v)):
+            ax.set_yscale("log")  # λ_min spans decades between rounds
+        ax.set_xticks(x)
+        ax.set_xlabel("labels when acquiring")
+        ax.set_ylabel("λ_min")
+        ax.set_title(f"{row_name(row)}, n={max(e['chosen'].n for e in entries)}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
+def write_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list[Path]:
+    """Reads the records under `paths`, writes report.md and the figures; returns their paths."""
+    records = load_records(paths)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = plot_accuracy_curves(summarize(records), out_dir / "accuracy")
+    names, iou = label_set_iou(records)
+    written += plot_label_iou(names, iou, out_dir / "label_iou")
+    names, counts, num_seeds = acquired_class_counts(records)
+    if names:
+        written += plot_class_counts(names, counts, num_seeds, out_dir / "class_counts")
+    lam = lambda_min_rounds(records)
+    if lam:
+        written += plot_lambda_min(lam, out_dir / "lambda_min")
+    markdown = out_dir / "report.md"
+    markdown.write_text(report_markdown(records, list(map(str, paths)),
+                                        [p.name for p in written if p.suffix == ".png"]),
+                        encoding="utf-8")
+    return [markdown, *written]

@@ -1,0 +1,170 @@
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from npc_jax import report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(mode, strategy, seed, accuracies, acquired=None, class_counts=None, objectives=None):
+    """Records of one (mode, strategy, seed): round r has 10 + 20 r labels."""
+    return [{"dataset": "toy", "mode": mode, "strategy": strategy, "seed": seed, "round": r,
+             "num_labels": 10 + 20 * r, "test_accuracy": accuracy,
+             "acquired_indices": acquired[r] if acquired else [],
+             "class_counts": class_counts[r] if class_counts else None,
+             "objective": objectives[r] if objectives else None}
+            for r, accuracy in enumerate(accuracies)]
+
+
+def _random_batches(median):
+    return {"num": 4, "mean": median, "std": 0.1,
+            "quantiles": {"0.0": median / 2, "0.25": 0.8 * median, "0.5": median,
+                          "0.75": 1.2 * median, "1.0": 1.5 * median}}
+
+
+def _records():
+    """A: three seeds, two points; B: two seeds; C: seed 0 stopped after round 0."""
+    return (_run("assl", "A", 0, [0.5, 0.7, 0.75], [[1, 2], [3, 4], []],
+                 [[1, 1, 1], [2, 2, 1], [3, 2, 1]])
+            + _run("assl", "A", 1, [0.6, 0.9, 0.95], [[7, 8], [9, 10], []],
+                   [[1, 1, 1], [1, 1, 2], [1, 1, 4]])
+            + _run("assl", "A", 2, [0.7, 0.8, 0.85])
+            + _run("assl", "B", 0, [0.5, 0.6, 0.65], [[2, 3], [5, 6], []],
+                   objectives=[{"lambda_min": 2.0, "random_batches": _random_batches(1.0)},
+                               {"lambda_min": 8.0, "random_batches": _random_batches(4.0)}, None])
+            + _run("assl", "B", 1, [0.5, 0.6, 0.65], [[7, 8], [9, 11], []],
+                   objectives=[{"lambda_min": 6.0, "random_batches": _random_batches(2.0)},
+                               {"lambda_min": 4.0}, None])
+            + _run("assl", "C", 0, [0.5], [[1, 9]], [[1, 1, 1]])
+            + _run("asl", "A", 0, [0.3, 0.4, 0.5], [[1, 2], [3, 4], []]))
+
+
+def test_mean_and_sample_std():
+    assert report.mean_std([50.0, 60.0, 70.0]) == (60.0, 10.0, 3)  # ddof=1; ddof=0: 8.16
+    single = report.mean_std([42.0])
+    assert single.mean == 42.0 and math.isnan(single.std) and single.n == 1
+    assert report.mean_std([]).n == 0
+
+
+def test_auc_is_the_mean_over_the_points():
+    assert report.auc({10: 50.0, 30: 70.0, 50: 90.0, 70: 0.0}, [10, 30, 50]) == 70.0
+    with pytest.raises(ValueError, match=r"\[50\]"):
+        report.auc({10: 50.0, 30: 70.0}, [10, 30, 50])
+
+
+def test_summarize_cells_auc_and_incomplete_seeds():
+    summary = report.summarize(_records())
+    assert summary["label_counts"] == {"assl": [10, 30, 50], "asl": [10, 30, 50]}
+    assert summary["max_seeds"] == 3
+    assert list(summary["rows"]) == [("assl", "A"), ("asl", "A"), ("assl", "B"), ("assl", "C")]
+    a = summary["rows"][("assl", "A")]
+    assert a["cells"][10] == pytest.approx((60.0, 10.0, 3))
+    assert a["cells"][30] == pytest.approx((80.0, 10.0, 3))
+    # Per-seed AUCs 65, 81.67, 78.33: mean 75, std √(10² + 6.67² + 3.33²) / √2.
+    assert a["auc"] == pytest.approx((75.0, math.sqrt(100 + 400 / 9 + 100 / 9) / math.sqrt(2), 3))
+    c = summary["rows"][("assl", "C")]
+    assert c["incomplete"] == {0: [30, 50]} and c["auc"].n == 0
+
+
+def test_accuracy_markdown_flags_few_seeds_and_notes_missing_points():
+    text = report.accuracy_markdown(report.summarize(_records()))
+    a = next(line for line in text.splitlines() if line.startswith("| A | ASSL"))
+    assert "**60.00 ± 10.00**" in a and "**75.00 ± 8.82**" in a and a.endswith("| 3 |")
+    b = next(line for line in text.splitlines() if line.startswith("| B | ASSL"))
+    assert "50.00 ± 0.00 ⚠n=2" in b
+    c = next(line for line in text.splitlines() if line.startswith("| C | ASSL"))
+    assert "50.00 ⚠n=1" in c and c.count("—") == 3  # 30, 50 and AUC
+    assert "C (ASSL) seed 0 has no accuracy at 30, 50 labels" in text
+    assert "ddof=1" in text
+
+
+def test_label_set_iou_by_hand():
+    names, iou = report.label_set_iou(_records())
+    assert names == [("assl", "A"), ("asl", "A"), ("assl", "B"), ("assl", "C")]
+    a, asl_a, b, c = range(4)
+    # Seed 0: {1,2,3,4} vs {2,3,5,6} = 2/6; seed 1: {7,8,9,10} vs {7,8,9,11} = 3/5.
+    assert iou[a, b] == iou[b, a] == pytest.approx((2 / 6 + 3 / 5) / 2)
+    # C stopped after round 0: A's round-0 labels {1,2} vs C's {1,9}, seed 0 only.
+    assert iou[a, c] == pytest.approx(1 / 3)
+    assert iou[a, asl_a] == 1.0 and np.all(np.diag(iou) == 1.0)
+    assert iou[b, c] == 0.0  # round 0, seed 0: {2,3} vs {1,9}
+    assert np.allclose(iou, iou.T)
+
+
+def test_acquired_class_counts_by_hand():
+    names, counts, num_seeds = report.acquired_class_counts(_records())
+    # A: seeds 0, 1 carry class counts: [2,1,0] and [0,0,3]; seed 2 has none.
+    assert names[:2] == [("assl", "A"), ("assl", "C")]
+    assert counts[0] == pytest.approx([1.0, 0.5, 1.5]) and num_seeds[0] == 2
+    assert counts[1] == pytest.approx([0.0, 0.0, 0.0])  # C reached only round 0
+    assert counts.shape == (2, 3)
+
+
+def test_lambda_min_rounds_by_hand():
+    rounds = report.lambda_min_rounds(_records())
+    assert list(rounds) == [("assl", "B")]
+    first, second = rounds[("assl", "B")]
+    assert (first["round"], first["num_labels"]) == (0, 10)
+    assert first["chosen"] == pytest.approx((4.0, math.sqrt(8.0), 2))
+    assert first["random"]["median"] == 1.5 and first["random"]["max"] == 2.25
+    assert first["chosen_over_median"].mean == 2.5  # mean of 2/1 and 6/2
+    # Seed 1 recorded no random batches at round 1: the random stats use seed 0's.
+    assert second["chosen"].mean == 6.0 and second["random"]["median"] == 4.0
+
+
+def _write(path, records, tail=""):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
+    return path
+
+
+def test_load_records_skips_a_torn_tail_and_rejects_bad_paths(tmp_path):
+    records = _records()
+    _write(tmp_path / "run" / "results.jsonl", records[:3], tail='{"mode": "as')
+    # A complete last line without its newline is still a record.
+    _write(tmp_path / "other.jsonl", records[3:], tail="")
+    (tmp_path / "other.jsonl").write_text((tmp_path / "other.jsonl").read_text().rstrip("\n"))
+    loaded = report.load_records([tmp_path / "run", tmp_path / "other.jsonl",
+                                  tmp_path / "run" / "results.jsonl"])  # the same file twice
+    assert loaded == records
+    assert (tmp_path / "run" / "results.jsonl").read_text().endswith('{"mode": "as')  # untouched
+
+    with pytest.raises(ValueError, match="does not exist"):
+        report.load_records([tmp_path / "missing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="No records found"):
+        report.load_records([tmp_path / "empty"])
+    (tmp_path / "notes.txt").write_text("hello\n")
+    with pytest.raises(ValueError, match="Unknown file"):
+        report.load_records([tmp_path / "notes.txt"])
+    _write(tmp_path / "bench.jsonl", [{"step": 1}])
+    with pytest.raises(ValueError, match="lacks mode"):
+        report.load_records([tmp_path / "bench.jsonl"])
+    _write(tmp_path / "copy" / "results.jsonl", records[:1])
+    with pytest.raises(ValueError, match="recorded in both"):
+        report.load_records([tmp_path / "run", tmp_path / "copy"])
+
+
+def test_cli_writes_the_report_and_all_figures(tmp_path):
+    records = _records()
+    _write(tmp_path / "assl" / "results.jsonl", [r for r in records if r["mode"] == "assl"])
+    _write(tmp_path / "asl" / "results.jsonl", [r for r in records if r["mode"] == "asl"])
+    spec = importlib.util.spec_from_file_location("report_cli", ROOT / "experiments/report.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    out = tmp_path / "out"
+    cli.main([str(tmp_path / "assl"), str(tmp_path / "asl" / "results.jsonl"), "--out", str(out)])
+    for stem in ("accuracy", "label_iou", "class_counts", "lambda_min"):
+        assert (out / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (out / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
+    text = (out / "report.md").read_text()
+    for section in ("## Accuracy", "## Overlap", "## Classes", "## NPC", "![lambda_min]"):
+        assert section in text
+    assert "| A | ASL |" in text and "| B (ASSL) | 0 | 10 | 2 | 4 |" in text
+    with pytest.raises(SystemExit, match="does not exist"):
+        cli.main([str(tmp_path / "nowhere"), "--out", str(out)])
