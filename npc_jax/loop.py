@@ -12,6 +12,13 @@ seed depends only on the seed's initial labels: it is trained once, saved in
 Keys: the seed's key is split once into ``train`` and ``acquire``; round r
 uses ``fold_in(train, r)`` and ``fold_in(acquire, r)``, the same for every
 strategy, so strategies differ only in the labels they choose.
+
+Labels come from a labeller (`npc_jax.labelling`): the dataset's true labels
+(``labels="oracle"``, experiments) or a person (``labels="human"``). One loop
+serves both: before training a round it asks the labeller for the labels of
+the labeled set; the oracle always has them, a person's store may not, and
+then the loop exports the query and stops with `labelling.LabelsNeeded`.
+Re-running after the labels are imported resumes exactly there.
 """
 from __future__ import annotations
 
@@ -27,7 +34,7 @@ import flax.serialization
 import jax
 import numpy as np
 
-from npc_jax import results, strategies, train
+from npc_jax import labelling, results, strategies, train
 from npc_jax.data import DataError, Dataset, Pool, carve_validation, load_dataset
 from npc_jax.models import Model, get_model
 from npc_jax.strategies import AcquisitionContext
@@ -47,6 +54,7 @@ class RunSettings:
     data_dir: str | None
     model: str
     mode: str
+    labels: str
     strategies: tuple[str, ...]
     seeds: tuple[int, ...]
     initial_labels: int
@@ -60,8 +68,15 @@ class RunSettings:
     config_hash: str
 
     @classmethod
-    def from_config(cls, config) -> "RunSettings":
+    def from_config(cls, config, labels: str = "oracle") -> "RunSettings":
+        """`labels`: "oracle" (the dataset's labels) or "human" (`npc_jax.labelling`)."""
         cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        if labels not in ("oracle", "human"):
+            raise ValueError(f"labels must be 'oracle' (the dataset's true labels) or 'human' "
+                             f"(labelled by hand through CSV files), got {labels!r}.")
+        if labels == "human" and int(cfg.get("validation_size", 0)):
+            raise ValueError("config.validation_size needs the pool's true labels, which a "
+                             "human-labelled run does not have; set --config.validation_size=0.")
         mode = cfg["mode"]
         if mode not in ("assl", "asl"):
             raise ValueError(f"config.mode must be 'assl' (FixMatch-DARP) or 'asl' "
@@ -99,9 +114,11 @@ class RunSettings:
             if name not in strategies.available():
                 raise ValueError(f"config.strategy_options names unknown strategy {name!r}.")
         relevant = {k: v for k, v in cfg.items() if k not in _SUBSET_FIELDS}
+        if labels == "human":   # only then: oracle workdirs keep their hash
+            relevant["labels"] = labels
         digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
         return cls(dataset=cfg["dataset"], data_dir=cfg.get("data_dir") or None,
-                   model=cfg["model"], mode=mode, strategies=names, seeds=seeds,
+                   model=cfg["model"], mode=mode, labels=labels, strategies=names, seeds=seeds,
                    initial_labels=int(cfg["initial_labels"]),
                    query_size=int(cfg["query_size"]), rounds=int(cfg["rounds"]),
                    validation_size=int(cfg.get("validation_size", 0)),
@@ -116,7 +133,7 @@ class RunSettings:
 
 class _Runner:
     def __init__(self, settings: RunSettings, workdir: Path, dataset: Dataset,
-                 progress: bool):
+                 labeller: labelling.Labeller, progress: bool):
         self.s = settings
         self.validation = None
         if settings.validation_size:
@@ -124,6 +141,10 @@ class _Runner:
             self.validation = (x_val, y_val)
         self.workdir = workdir
         self.data = dataset
+        self.labeller = labeller
+        # A human-labelled run evaluates on the dataset's test split where it has
+        # one; an unlabelled npz has none, and its records hold null accuracy.
+        self.test = (dataset.x_test, dataset.y_test) if len(dataset.y_test) else None
         self.progress = progress
         self.model: Model = get_model(settings.model, dataset.num_classes, dataset.image_shape)
         self.log = results.ResultsLog(workdir / "results.jsonl")
@@ -138,19 +159,27 @@ class _Runner:
 
     # -- training ------------------------------------------------------------
 
+    def _test_accuracy(self, variables) -> float | None:
+        if self.test is None:
+            return None
+        return train.evaluate(self.model, variables, *self.test,
+                              batch_size=self.s.train.eval_batch_size)
+
     def _train_and_evaluate(self, pool: Pool, key: jax.Array, description: str):
         labeled = pool.labeled_indices
+        diagnostic_labels = self.labeller.diagnostic_labels
         data = train.make_train_data(
-            self.data.x_train, labeled, self.data.y_train[labeled],
-            capacity=self.s.final_num_labels, diagnostic_labels=self.data.y_train)
+            self.data.x_train, labeled, self.labeller.labels[labeled],
+            capacity=self.s.final_num_labels, diagnostic_labels=diagnostic_labels)
         state, history, seconds = train.timed_train(
             self.model, self.s.train, data, key, progress=self.progress,
             description=description)
         variables = jax.device_get(state.eval_variables)
-        accuracy = train.evaluate(self.model, variables, self.data.x_test, self.data.y_test,
-                                  batch_size=self.s.train.eval_batch_size)
-        summary = {"test_accuracy": accuracy, "train_seconds": seconds,
-                   "train_metrics": history[-1] if history else {}}
+        metrics = dict(history[-1]) if history else {}
+        if diagnostic_labels is None:   # computed against unknown labels: meaningless
+            metrics.pop("pseudo_label_accuracy", None)
+        summary = {"test_accuracy": self._test_accuracy(variables), "train_seconds": seconds,
+                   "train_metrics": metrics}
         if self.validation is not None:
             summary["validation_accuracy"] = train.evaluate(
                 self.model, variables, *self.validation,
@@ -176,9 +205,7 @@ class _Runner:
         k = self.s.initial_trainings
         if not len(pool.labeled_indices):   # zero-shot: nothing to train on
             variables = jax.device_get(self.model.init(key))
-            summary = {"test_accuracy": train.evaluate(
-                           self.model, variables, self.data.x_test, self.data.y_test,
-                           batch_size=self.s.train.eval_batch_size),
+            summary = {"test_accuracy": self._test_accuracy(variables),
                        "train_seconds": 0.0, "train_metrics": {}}
             if self.validation is not None:
                 summary["validation_accuracy"] = train.evaluate(
@@ -200,8 +227,8 @@ class _Runner:
                 "train_seconds": [t[1]["train_seconds"] for t in trainees]}
         summary["labeled_indices"] = pool.labeled_indices.tolist()
         stem.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(weights, flax.serialization.to_bytes(variables))
-        _atomic_write(meta, json.dumps(summary).encode())
+        labelling.write_atomically(weights, flax.serialization.to_bytes(variables))
+        labelling.write_atomically(meta, json.dumps(summary).encode())
         return variables, summary
 
     # -- one (strategy, seed) ------------------------------------------------------
@@ -217,13 +244,40 @@ class _Runner:
             start += 1
         return pool, start
 
-    def run_one(self, strategy_name: str, seed: int) -> None:
+    def _missing_labels(self, strategy: str, seed: int, r: int,
+                        pool: Pool) -> labelling.LabelRequest | None:
+        """What round r of (strategy, seed) must have labelled before it trains and
+        the labeller does not know; None when nothing is missing (always, for the oracle)."""
+        labeled = pool.labeled_indices
+        missing = self.labeller.labels[labeled] < 0
+        if not missing.any():
+            return None
+        # Ranks count from the first index this round added, in pick order.
+        first = self.done[(strategy, seed, r - 1)]["num_labels"] if r > 0 else 0
+        positions = np.flatnonzero(missing)
+        if r == 0:
+            what = f"the initial labels of seed {seed} (drawn at random)"
+            objective = None
+        else:
+            what = f"{strategy}'s query in round {r - 1} (seed {seed})"
+            objective = self.done[(strategy, seed, r - 1)]["objective"]
+        return labelling.LabelRequest(indices=labeled[positions], ranks=positions - first + 1,
+                                      strategy=strategy, seed=seed, round=r, what=what,
+                                      objective=objective)
+
+    def run_one(self, strategy_name: str, seed: int) -> labelling.LabelRequest | None:
+        """Runs the rounds of (strategy, seed) not yet recorded.
+
+        Returns:
+          None when all its rounds are recorded; a `LabelRequest` when the next
+          round needs labels the labeller lacks (human mode), after recording
+          every round before it.
+        """
         s = self.s
         strategy = strategies.make_strategy(strategy_name,
                                             **s.strategy_options.get(strategy_name, {}))
         train_key, acquire_key = jax.random.split(jax.random.PRNGKey(seed))
-        initial = Pool.initial(self.data.y_train, s.initial_labels, seed=seed,
-                               num_classes=self.data.num_classes)
+        initial = self.labeller.initial_pool(s.initial_labels, seed)
         initial.check_budget(s.query_size, s.rounds)
         options = s.strategy_options.get(strategy_name, {})
         for (name, _, _), record in self.done.items():
@@ -236,6 +290,9 @@ class _Runner:
         if start > 0 and hasattr(strategy, "load_state_dict"):
             strategy.load_state_dict(self.done[(strategy_name, seed, start - 1)]["strategy_state"])
         for r in range(start, s.rounds + 1):
+            request = self._missing_labels(strategy_name, seed, r, pool)
+            if request is not None:
+                return request
             round_train_key = jax.random.fold_in(train_key, r)
             if r == 0:
                 variables, summary = self._initial_model(seed, pool, round_train_key)
@@ -244,7 +301,7 @@ class _Runner:
                     pool, round_train_key, f"{strategy_name} seed {seed} round {r}")
             acquired, objective, acquisition_seconds = np.zeros((0,), np.int64), None, 0.0
             if r < s.rounds:
-                visible_labels = np.where(pool.labeled_mask, self.data.y_train, -1)
+                visible_labels = np.where(pool.labeled_mask, self.labeller.labels, -1)
                 ctx = AcquisitionContext(self.model, variables, self.data.x_train,
                                          visible_labels, batch_size=s.train.eval_batch_size)
                 start_time = time.perf_counter()
@@ -260,7 +317,7 @@ class _Runner:
                 "validation_accuracy": summary.get("validation_accuracy"),
                 "labeled_indices": labeled.tolist(),
                 "acquired_indices": np.asarray(acquired).tolist(),
-                "class_counts": np.bincount(self.data.y_train[labeled],
+                "class_counts": np.bincount(self.labeller.labels[labeled],
                                             minlength=self.data.num_classes).tolist(),
                 "objective": objective,
                 "acquisition_seconds": acquisition_seconds,
@@ -274,20 +331,30 @@ class _Runner:
                                    else None),
                 "config": s.config, "config_hash": s.config_hash,
             }
+            if self.labeller.source == "human":
+                record.update({
+                    "labels_from": "human",
+                    # the person's labels of labeled_indices, in the same order
+                    "labeled_labels": self.labeller.labels[labeled].tolist(),
+                    "test_split": self.data.notes.get("test_split") if self.test else None})
             self.log.append(record)
             self.done[(strategy_name, seed, r)] = record
             metrics = summary["train_metrics"]
             extra = "".join(f" {k}={metrics[k]:.2f}" for k in ("mask_rate", "pseudo_label_accuracy")
                             if k in metrics)
             lam = f" λ_min={objective['lambda_min']:.4g}" if objective and "lambda_min" in objective else ""
+            accuracy = summary["test_accuracy"]
+            accuracy = "n/a" if accuracy is None else f"{100 * accuracy:.2f}%"
             print(f"[{s.mode}] {strategy_name:>10s} seed={seed} round={r} labels={len(labeled):4d} "
-                  f"acc={100 * summary['test_accuracy']:.2f}% train={summary['train_seconds']:.0f}s "
+                  f"acc={accuracy} train={summary['train_seconds']:.0f}s "
                   f"acquire={acquisition_seconds:.1f}s{lam}{extra}", flush=True)
             if len(acquired):
                 pool = pool.reveal(acquired)
+        return None
 
 
-def run(config, workdir: str | os.PathLike, *, progress: bool | None = None) -> list[dict]:
+def run(config, workdir: str | os.PathLike, *, progress: bool | None = None,
+        labels: str = "oracle") -> list[dict]:
     """Runs every (seed, strategy) of `config`; returns all records of `workdir`.
 
     Args:
@@ -295,30 +362,58 @@ def run(config, workdir: str | os.PathLike, *, progress: bool | None = None) -> 
         `experiments/configs/fmnist_quick.py`.
       workdir: directory of results.jsonl, checkpoints/, summary.md, accuracy.png.
       progress: tqdm bars (default: when stderr is a terminal).
+      labels: who answers the queries. "oracle": the dataset's true labels.
+        "human": a person, through CSV files in `workdir` (`npc_jax.labelling`):
+        the pool's true labels are never read, Q0 is drawn uniformly at random,
+        accuracy is measured on the dataset's test split if it has one (else
+        null), and the run stops at the first labels it lacks.
+
+    Raises:
+      labelling.LabelsNeeded: human mode only, after exporting the query to
+        label; import it with `labelling.import_labels` and run again.
     """
-    settings = RunSettings.from_config(config)
+    settings = RunSettings.from_config(config, labels=labels)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    dataset = load_dataset(settings.dataset, data_dir=settings.data_dir)
+    if labels == "human":
+        dataset, class_names = labelling.load_for_labelling(settings.dataset,
+                                                            data_dir=settings.data_dir)
+        labeller = labelling.HumanLabels(workdir, dataset.num_train, dataset.num_classes)
+        if settings.initial_trainings > 1 and not len(dataset.y_test):
+            raise ValueError(f"config.initial_trainings={settings.initial_trainings} picks the "
+                             f"median by test accuracy, but {settings.dataset} has no labelled "
+                             "test split; set --config.initial_trainings=1.")
+    else:
+        if labelling.is_human_workdir(workdir):
+            raise ValueError(f"{workdir} holds a human-labelled run (human_labels.jsonl or "
+                             "queries/); continue it with experiments/label.py, or use a new "
+                             "--workdir for an oracle run.")
+        dataset = load_dataset(settings.dataset, data_dir=settings.data_dir)
+        labeller = labelling.TrueLabels(dataset.y_train, dataset.num_classes)
+        class_names = None   # names are for exports, and the oracle never exports
     if settings.final_num_labels + settings.validation_size > dataset.num_train:
         raise DataError(f"The run needs {settings.final_num_labels} labels but the pool holds "
                         f"{dataset.num_train} samples (validation_size {settings.validation_size} "
                         "of them held out); lower rounds, query_size or validation_size.")
-    runner = _Runner(settings, workdir, dataset,
+    runner = _Runner(settings, workdir, dataset, labeller,
                      progress=sys.stderr.isatty() if progress is None else progress)
     for seed in settings.seeds:
         for name in settings.strategies:
-            runner.run_one(name, seed)
+            request = runner.run_one(name, seed)
+            if request is not None:
+                _write_summary(runner.log.read(), workdir)
+                raise labelling.LabelsNeeded(labelling.export_query(
+                    workdir, request, dataset.x_train, num_classes=dataset.num_classes,
+                    class_names=class_names, dataset=settings.dataset))
     records = runner.log.read()
-    (workdir / "summary.md").write_text(results.format_table(records) + "\n")
-    results.plot_accuracy(records, workdir / "accuracy.png")
+    _write_summary(records, workdir)
     return records
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write_summary(records: list[dict], workdir: Path) -> None:
+    """summary.md and accuracy.png of the records that have a test accuracy."""
+    measured = [r for r in records if r["test_accuracy"] is not None]
+    if measured:
+        (workdir / "summary.md").write_text(results.format_table(measured) + "\n")
+        results.plot_accuracy(measured, workdir / "accuracy.png")
+

@@ -1,0 +1,80 @@
+"""Active learning with a person as the oracle: label each query, the loop does the rest.
+
+    # 1. Export the first query (Q0, drawn at random from the pool) and stop:
+    python experiments/label.py --config experiments/configs/fmnist_assl.py \
+        --config.strategies=npc --config.seeds=0 --workdir runs/mine
+    # 2. Look at runs/mine/queries/query_000.png, fill the `label` column of
+    #    runs/mine/queries/query_000.csv (class ids or names), then import it and
+    #    continue: train, evaluate, acquire, export query 1, stop. The command
+    #    prints this line with your own flags:
+    python experiments/label.py --config experiments/configs/fmnist_assl.py \
+        --config.strategies=npc --config.seeds=0 --workdir runs/mine \
+        --labels=runs/mine/queries/query_000.csv
+
+Without --labels the command continues as far as the stored labels allow and
+(re-)exports the pending query; a CSV being filled in is kept. --import_only
+stores the labels without training (then only --workdir and --labels are
+needed). A refused import names each problem of the CSV and stores nothing.
+"""
+import shlex
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run: labels, queries, records.")
+_LABELS = flags.DEFINE_string("labels", None, "A filled query CSV to import before continuing.")
+_IMPORT_ONLY = flags.DEFINE_bool("import_only", False, "Import --labels, then stop.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def _import_command(csv_path) -> str:
+    """This command line with --labels pointing at `csv_path` (and no --import_only)."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg in ("--labels", "-labels"):
+            skip = True   # its value is the next argument
+        elif not arg.lstrip("-").startswith(("labels=", "import_only", "noimport_only")):
+            args.append(arg)
+    return shlex.join(["python", sys.argv[0], *args, f"--labels={csv_path}"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _IMPORT_ONLY.value and not _LABELS.value:
+        raise app.UsageError("--import_only needs --labels=CSV.")
+    if not _IMPORT_ONLY.value and _CONFIG.value is None:
+        raise app.UsageError("--config is required (the config that started --workdir).")
+    logging.set_verbosity(logging.WARNING)
+    from npc_jax import labelling, loop, results
+    from npc_jax.data import DataError
+
+    if _LABELS.value:
+        try:
+            entry = labelling.import_labels(_WORKDIR.value, _LABELS.value)
+        except DataError as err:
+            sys.exit(f"error: {err}")
+        print(f"Imported {len(entry['labels'])} labels (query {entry['query']}) into "
+              f"{_WORKDIR.value}/{labelling.LABELS_FILE}.")
+        if _IMPORT_ONLY.value:
+            return
+    try:
+        records = loop.run(_CONFIG.value, _WORKDIR.value, labels="human")
+    except labelling.LabelsNeeded as stop:
+        print()
+        print(stop.instructions(_import_command(stop.export.csv)))
+        return
+    measured = [r for r in records if r["test_accuracy"] is not None]
+    print()
+    if measured:
+        print(results.format_table(measured))
+    print(f"\nAll rounds are labelled and trained. records: {_WORKDIR.value}/results.jsonl")
+
+
+if __name__ == "__main__":
+    app.run(main)
