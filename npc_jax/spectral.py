@@ -25,6 +25,19 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def enable_x64():
+    """A context manager that turns on 64-bit JAX types inside it.
+
+    ``jax.enable_x64(True)`` on current JAX (the config state doubles as a
+    context manager); ``jax.experimental.enable_x64()`` before it existed (it was
+    removed from jax.experimental in later releases).
+    """
+    enable = getattr(jax, "enable_x64", None)
+    if enable is None:
+        from jax.experimental import enable_x64 as enable
+    return enable(True)
+
+
 def roundoff_tolerance(n: int, lambda_max, dtype) -> np.ndarray:
     """The λ_min below which an (n, n) PSD matrix is singular to working precision."""
     return n * np.finfo(dtype).eps * np.maximum(np.asarray(lambda_max), 0.0)
@@ -142,7 +155,6 @@ def _lobpcg_min(gram, dtype, key):
         return lam_min, top[0]
 
     if dtype == np.float64:
-        from jax.experimental import enable_x64
         with enable_x64():
             lam_min, lam_max = solve()
     else:

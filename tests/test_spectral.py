@@ -62,3 +62,17 @@ def test_lobpcg_matches_eigvalsh(float64):
 def test_lobpcg_only_for_single_matrices():
     with pytest.raises(ValueError, match="one"):
         min_eigenvalue(np.stack([np.eye(10)] * 2), method="lobpcg")
+
+
+def test_enable_x64_is_a_scoped_switch_on_old_and_new_jax():
+    # jax.experimental.enable_x64 (JAX < 0.6-ish) was replaced by jax.enable_x64;
+    # spectral.enable_x64 works on both and leaves the global setting alone.
+    import jax.numpy as jnp
+
+    from npc_jax.spectral import enable_x64
+
+    assert jnp.ones(1).dtype == jnp.float32
+    with enable_x64():
+        assert jnp.ones(1).dtype == jnp.float64
+        assert jnp.asarray(np.ones(1)).dtype == jnp.float64
+    assert jnp.ones(1).dtype == jnp.float32

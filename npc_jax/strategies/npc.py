@@ -32,7 +32,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import enable_x64
 
 from npc_jax import ntk, spectral
 from npc_jax.data import Pool, images_to_float
@@ -109,7 +108,7 @@ def score_batches(phi_labeled: np.ndarray, phi_batches: np.ndarray, *,
     Returns:
       (m,) λ_min, exactly 0 where singular to working precision.
     """
-    with (enable_x64() if float64 else contextlib.nullcontext()):
+    with (spectral.enable_x64() if float64 else contextlib.nullcontext()):
         dtype = np.float64 if float64 else np.float32
         rep_labeled = tuple(jnp.asarray(r, dtype) for r in _as_tuple(phi_labeled))
         rep_batches = _as_tuple(phi_batches)
