@@ -50,5 +50,14 @@ register("coreset", Coreset)
 register("badge", Badge)
 register("albl", ALBL)
 
+
+def _npc_infinite(**options) -> Strategy:
+    # Imported on use: npc_jax.infinite needs neural-tangents (jax < 0.6).
+    from npc_jax.strategies.npc_infinite import NPCInfinite
+    return NPCInfinite(**options)
+
+
+register("npc_infinite", _npc_infinite)
+
 __all__ = ["Acquisition", "AcquisitionContext", "Strategy", "available", "check_query",
            "make_strategy", "register"]
