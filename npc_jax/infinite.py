@@ -58,9 +58,9 @@ from typing import Callable, NamedTuple
 
 import jax
 import numpy as np
-from jax.experimental import enable_x64
 
 from npc_jax.data import images_to_float
+from npc_jax.spectral import enable_x64   # works on old and new JAX
 
 ARCHITECTURES = ("mlp", "convnet", "wrn")
 READOUTS = ("flatten", "gap")
