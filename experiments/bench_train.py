@@ -40,6 +40,8 @@ _TORCH_PYTHON = flags.DEFINE_string("torch_python", "", "Python with torch insta
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per measurement.")
 _OUT = flags.DEFINE_string("out", "", "Write the raw numbers here as JSON.")
 _MODEL = flags.DEFINE_enum("model", "cnn", ["cnn", "wrn28_2"], "P5b (cnn) or P5 (wrn28_2).")
+_CASES = flags.DEFINE_list("cases", [], "Only these of our steps (default: all), e.g. "
+                           "fixmatch_joint.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "WRN compute dtype (bfloat16 for GPUs).")
 
@@ -177,7 +179,10 @@ def measure_ours(steps, model_name="cnn", dtype="float32"):
     train_data = train.make_train_data(images, labeled, labels[labeled],
                                        diagnostic_labels=labels)
     rows, flops = {}, {}
+    only = set(_CASES.value)
     for name, step_fn, overrides in cases:
+        if only and name not in only:
+            continue
         config = train.TrainConfig(**{"steps": 1000, "batch_size": batch_size, "mu": 7,
                                       "darp_warmup": 0.0, **overrides})
         state = train.init_state(model, config, jax.random.PRNGKey(0), len(images))
