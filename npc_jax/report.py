@@ -425,12 +425,16 @@ def _pyplot():
     return plt
 
 
-def _save(fig, stem: Path) -> list[Path]:
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    fig.savefig(paths[0], dpi=150)
-    import matplotlib
-    with matplotlib.rc_context({"svg.hashsalt": "npc_jax"}):  # fixed ids, no date: reruns
-        fig.savefig(paths[1], metadata={"Date": None})        # give byte-equal files
+def _save(fig, stem: Path, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
+    paths = []
+    if "png" in formats:
+        paths.append(stem.with_suffix(".png"))
+        fig.savefig(paths[-1], dpi=150)
+    if "svg" in formats:
+        import matplotlib
+        paths.append(stem.with_suffix(".svg"))
+        with matplotlib.rc_context({"svg.hashsalt": "npc_jax"}):  # fixed ids, no date: reruns
+            fig.savefig(paths[-1], metadata={"Date": None})       # give byte-equal files
     _pyplot().close(fig)
     return paths
 
@@ -454,7 +458,8 @@ def _panels(count: int, max_columns: int, panel_size: tuple[float, float], **kwa
     return fig, axes
 
 
-def plot_accuracy_curves(summary: dict, stem: Path) -> list[Path]:
+def plot_accuracy_curves(summary: dict, stem: Path,
+                         formats: Sequence[str] = ("png", "svg")) -> list[Path]:
     """Accuracy vs labels, mean ± std over seeds, a line per strategy, a panel per mode."""
     modes = list(dict.fromkeys(mode for mode, _ in summary["rows"]))
     colors = _strategy_colors(summary["rows"])
@@ -475,7 +480,7 @@ def plot_accuracy_curves(summary: dict, stem: Path) -> list[Path]:
         ax.legend(fontsize=8)
     axes[0, 0].set_ylabel("test accuracy (%), mean ± std over seeds")
     fig.tight_layout()
-    return _save(fig, stem)
+    return _save(fig, stem, formats)
 
 
 def plot_label_iou(names: Sequence[Row], iou: np.ndarray, stem: Path) -> list[Path]:

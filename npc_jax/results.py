@@ -7,13 +7,11 @@ the log is reopened.
 """
 from __future__ import annotations
 
-import collections
 import json
 import os
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 
 
 class ResultsLog:
@@ -55,54 +53,14 @@ def read_records(paths: Iterable[str | os.PathLike]) -> list[dict]:
     return records
 
 
-def accuracy_table(records: list[dict]) -> dict:
-    """{(mode, strategy): {num_labels: [accuracy per seed]}} in percent."""
-    table = collections.defaultdict(lambda: collections.defaultdict(list))
-    for r in records:
-        table[(r["mode"], r["strategy"])][r["num_labels"]].append(100.0 * r["test_accuracy"])
-    return table
-
-
 def format_table(records: list[dict]) -> str:
-    """Markdown table: rows (mode, strategy), columns label counts, mean ± std, AUC.
-
-    AUC is the mean accuracy over the label counts of the row (the area under
-    the accuracy-vs-labels curve with equally spaced counts), over seeds.
-    """
-    table = accuracy_table(records)
-    counts = sorted({n for row in table.values() for n in row})
-    header = "| mode | strategy | " + " | ".join(str(n) for n in counts) + " | AUC | seeds |"
-    lines = [header, "|" + "---|" * (len(counts) + 4)]
-    for (mode, strategy), row in sorted(table.items()):
-        cells = []
-        for n in counts:
-            values = row.get(n, [])
-            cells.append(f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else "—")
-        complete = all(n in row for n in counts)
-        auc = np.mean([np.mean(row[n]) for n in counts]) if complete else float("nan")
-        num_seeds = max(len(v) for v in row.values())
-        lines.append(f"| {mode} | {strategy} | " + " | ".join(cells)
-                     + (f" | {auc:.2f} |" if complete else " | — |") + f" {num_seeds} |")
-    return "\n".join(lines)
+    """Markdown accuracy table of `records` (npc_jax.report's layout: mean ± sample std, AUC)."""
+    from npc_jax import report
+    return report.accuracy_markdown(report.summarize(records))
 
 
 def plot_accuracy(records: list[dict], path: str | os.PathLike) -> None:
-    """Accuracy (mean ± std over seeds) vs number of labels, one line per row."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for (mode, strategy), row in sorted(accuracy_table(records).items()):
-        counts = sorted(row)
-        means = [np.mean(row[n]) for n in counts]
-        stds = [np.std(row[n]) for n in counts]
-        ax.errorbar(counts, means, yerr=stds, marker="o", capsize=3,
-                    label=f"{strategy} ({mode})")
-    ax.set_xlabel("number of labels")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """Accuracy vs labels (mean ± sample std over seeds), a panel per mode, PNG at `path`."""
+    from npc_jax import report
+    path = Path(path)
+    report.plot_accuracy_curves(report.summarize(records), path.with_suffix(""), formats=("png",))

@@ -5,7 +5,7 @@ from npc_jax import results
 
 def _record(strategy, seed, n, acc, mode="assl"):
     return {"mode": mode, "strategy": strategy, "seed": seed, "num_labels": n,
-            "test_accuracy": acc}
+            "round": (n - 10) // 20, "test_accuracy": acc}
 
 
 def test_log_appends_whole_lines_and_drops_a_torn_tail(tmp_path):
@@ -26,8 +26,9 @@ def test_table_mean_std_and_auc(tmp_path):
                _record("npc", 0, 10, 0.5)]
     text = results.format_table(records)
     passive = next(line for line in text.splitlines() if "passive" in line)
-    assert "60.00 ± 10.00" in passive and "80.00 ± 0.00" in passive
-    assert "| 70.00 |" in passive  # AUC = mean(60, 80)
+    # Sample std (ddof=1): 50 and 70 give 14.14.
+    assert "60.00 ± 14.14" in passive and "80.00 ± 0.00" in passive
+    assert "70.00 ± 7.07" in passive  # AUC per seed (50+80)/2, (70+80)/2 -> mean 70
     npc = next(line for line in text.splitlines() if "| npc" in line)
     assert "—" in npc  # missing 30-label point: no AUC
     results.plot_accuracy(records, tmp_path / "a.png")
