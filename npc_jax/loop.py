@@ -53,6 +53,7 @@ class RunSettings:
     dataset: str
     data_dir: str | None
     model: str
+    model_dtype: str
     mode: str
     labels: str
     strategies: tuple[str, ...]
@@ -102,6 +103,13 @@ class RunSettings:
                              f"query from a randomly initialised model), got {cfg['initial_labels']}.")
         if int(cfg["rounds"]) < 0:
             raise ValueError(f"config.rounds must be >= 0, got {cfg['rounds']}.")
+        model_dtype = str(cfg.get("model_dtype", "float32"))
+        if model_dtype not in ("float32", "bfloat16"):
+            raise ValueError("config.model_dtype (the compute dtype) must be 'float32' or "
+                             f"'bfloat16' (GPUs), got {model_dtype!r}.")
+        if model_dtype != "float32" and cfg["model"] != "wrn28_2":
+            raise ValueError(f"config.model_dtype={model_dtype!r} is offered for wrn28_2 only; "
+                             f"model {cfg['model']!r} computes in float32.")
         initial_trainings = int(cfg.get("initial_trainings", 1))
         if initial_trainings < 1 or initial_trainings % 2 == 0:
             raise ValueError("config.initial_trainings must be a positive odd number (the "
@@ -118,7 +126,8 @@ class RunSettings:
             relevant["labels"] = labels
         digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
         return cls(dataset=cfg["dataset"], data_dir=cfg.get("data_dir") or None,
-                   model=cfg["model"], mode=mode, labels=labels, strategies=names, seeds=seeds,
+                   model=cfg["model"], model_dtype=model_dtype, mode=mode, labels=labels,
+                   strategies=names, seeds=seeds,
                    initial_labels=int(cfg["initial_labels"]),
                    query_size=int(cfg["query_size"]), rounds=int(cfg["rounds"]),
                    validation_size=int(cfg.get("validation_size", 0)),
@@ -146,7 +155,9 @@ class _Runner:
         # one; an unlabelled npz has none, and its records hold null accuracy.
         self.test = (dataset.x_test, dataset.y_test) if len(dataset.y_test) else None
         self.progress = progress
-        self.model: Model = get_model(settings.model, dataset.num_classes, dataset.image_shape)
+        dtype = {} if settings.model_dtype == "float32" else {"dtype": settings.model_dtype}
+        self.model: Model = get_model(settings.model, dataset.num_classes, dataset.image_shape,
+                                      **dtype)
         self.log = results.ResultsLog(workdir / "results.jsonl")
         self.done = {}
         for record in self.log.read():

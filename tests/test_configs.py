@@ -101,3 +101,20 @@ def test_config_docstrings_give_command_runtime_and_expected_result():
     assert _config("cifar10_paper").train_steps == 2 ** 20
     assert _config("zero_shot", "50").query_size == 50
     assert np.isclose(_config("cifar10_paper").train.ema_decay, 0.999)
+
+
+def test_bfloat16_compute_option_is_checked_and_runs(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    config = _smoke(_config("single_shot"), steps=1)
+    config.seeds, config.strategies, config.initial_trainings = "0", "passive", 1
+    config.rounds = 0
+    config.model_dtype = "bfloat16"
+    with tfds.testing.mock_data(num_examples=60):
+        records = loop.run(config, tmp_path, progress=False)
+    assert records[0]["config"]["model_dtype"] == "bfloat16"
+    config.model, config.model_dtype = "cnn", "bfloat16"
+    with pytest.raises(ValueError, match="wrn28_2 only"):
+        loop.run(config, tmp_path / "cnn")
+    config.model, config.model_dtype = "wrn28_2", "float16"
+    with pytest.raises(ValueError, match="model_dtype"):
+        loop.run(config, tmp_path / "f16")
