@@ -9,9 +9,9 @@ Command:
     python experiments/assl.py --config experiments/configs/cifar100_paper.py \
         --workdir runs/cifar100_paper
 
-Runtime: 2 strategies x 3 seeds x 4 + 3 x 5 = 39 trainings of 2^20 steps; the
-WRN-28-2 step time on an H200 (BENCHMARKS.md P5) times 2^20 per training
-(the 100-class head changes the step's cost by < 1 %).
+Runtime: 2 strategies x 3 seeds x 4 + 3 x 5 = 39 trainings of 2^20 steps, at
+6.7 h (float32) or 3.5 h (bf16) each on one H200 (BENCHMARKS.md P5; the
+100-class head changes the step's cost by < 1 %): ~11 days (~6 days bf16).
 
 Expected result (the paper's Table 2, test accuracy %, at 300/500/700/900):
     Passive 37.98 / 47.11 / 52.69 / 57.97

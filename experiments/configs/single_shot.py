@@ -9,7 +9,8 @@ Command (Q = 30; append `:50` for Q = 50):
         --workdir runs/single_shot_30
 
 Runtime: 3 seeds x (5 initial + 4 strategies) = 27 trainings of 2^20 steps;
-the WRN-28-2 step time on an H200 (BENCHMARKS.md P5) times 2^20 each.
+6.7 h (float32) or 3.5 h (bf16) each on one H200 (BENCHMARKS.md P5):
+~7.5 days (~3.9 days bf16) on one GPU.
 
 Expected result: the paper's Table 3 reports NPC ahead of passive sampling
 for single-shot queries; its figures are not in DESIGN.md and were not

@@ -13,7 +13,8 @@ Command (Q = 30; append `:50` to the config path for Q = 50):
         --workdir runs/zero_shot_50
 
 Runtime: one training of 2^20 steps per (strategy, seed): 3 x 3 = 9 trainings;
-the WRN-28-2 step time on an H200 (BENCHMARKS.md P5) times 2^20 each.
+6.7 h (float32) or 3.5 h (bf16) each on one H200 (BENCHMARKS.md P5):
+~2.5 days (~1.3 days bf16) on one GPU.
 
 Expected result: the paper's Table 3 reports NPC ahead of passive sampling
 for zero- and single-shot queries; its figures are not in DESIGN.md and were
