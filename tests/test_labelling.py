@@ -26,16 +26,8 @@ VOLATILE = ("acquisition_seconds", "train_seconds", "train_metrics", "config_has
 def _write_dataset(path, *, with_pool_labels=True, n_train=160, n_test=40, seed=0):
     """The toy images of test_loop.py (a bright bar whose row is the class), 4 named classes."""
     rng = np.random.default_rng(seed)
-
-    def make(n):
-        y = np.arange(n) % len(CLASS_NAMES)
-        x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-        for i, c in enumerate(y):
-            x[i, 3 + 6 * c: 7 + 6 * c, 4:24] = 255
-        return x, y
-
-    x, y = make(n_train)
-    x_test, y_test = make(n_test)
+    x, y = toy_config.bar_images(n_train, len(CLASS_NAMES), rng)
+    x_test, y_test = toy_config.bar_images(n_test, len(CLASS_NAMES), rng)
     arrays = dict(x=x, x_test=x_test, y_test=y_test, class_names=np.array(CLASS_NAMES))
     if with_pool_labels:
         arrays["y"] = y

@@ -22,16 +22,8 @@ TIMING_FIELDS = ("acquisition_seconds", "train_seconds")
 
 def _write_dataset(path, n_train=160, n_test=40, classes=4, seed=0):
     rng = np.random.default_rng(seed)
-
-    def make(n):
-        y = np.arange(n) % classes
-        x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-        for i, c in enumerate(y):
-            x[i, 3 + 6 * c: 7 + 6 * c, 4:24] = 255
-        return x, y
-
-    x, y = make(n_train)
-    x_test, y_test = make(n_test)
+    x, y = toy_config.bar_images(n_train, classes, rng)
+    x_test, y_test = toy_config.bar_images(n_test, classes, rng)
     np.savez(path, x=x, y=y, x_test=x_test, y_test=y_test)
     return path
 

@@ -53,6 +53,18 @@ def sample_batches(key: jax.Array, candidates: np.ndarray, num_batches: int,
                      for _ in range(num_batches)]).astype(np.int64)
 
 
+def candidate_batches(key: jax.Array, pool: Pool, num_candidates: int | str,
+                      q: int) -> np.ndarray:
+    """Algorithm 1's m random candidate batches: (m, q) unlabeled pool indices.
+
+    `num_candidates` is m, or "pool" for m = the number of unlabeled samples.
+    """
+    check_query(pool, q)
+    unlabeled = pool.unlabeled_indices
+    m = len(unlabeled) if num_candidates == "pool" else int(num_candidates)
+    return unlabeled[sample_batches(key, unlabeled, m, q)]
+
+
 # -- kernels as Gram functions of per-point representations -------------------------
 
 
@@ -268,10 +280,7 @@ class NPC:
 
     def select(self, key: jax.Array, ctx: AcquisitionContext, pool: Pool,
                q: int) -> Acquisition:
-        check_query(pool, q)
-        unlabeled = pool.unlabeled_indices
-        m = len(unlabeled) if self.num_candidates == "pool" else int(self.num_candidates)
-        batches = unlabeled[sample_batches(key, unlabeled, m, q)]   # pool indices
+        batches = candidate_batches(key, pool, self.num_candidates, q)
         scores = self.score(ctx, pool, batches)
         best = int(np.argmax(scores))
         return Acquisition(batches[best].astype(np.int64),

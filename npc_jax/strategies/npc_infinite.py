@@ -4,7 +4,7 @@ The paper's Table 3 zero-shot query uses a randomly initialised network; in
 the infinite-width limit its NTK is the analytic kernel Θ of the
 architecture, a fixed function of the inputs (`npc_jax.infinite`). This
 strategy runs NPC's random search (Algorithm 1) with that kernel: draw m
-batches of q unlabeled points (`npc.sample_batches`), score each by λ_min of
+batches of q unlabeled points (`npc.candidate_batches`), score each by λ_min of
 the kernel's Gram over X_L ∪ batch, keep the best.
 
 Only the blocks the scores need are computed, never the (|L| + m·q)² matrix:
@@ -47,8 +47,8 @@ import numpy as np
 
 from npc_jax import spectral
 from npc_jax.data import Pool
-from npc_jax.strategies.base import Acquisition, AcquisitionContext, check_query
-from npc_jax.strategies.npc import _score_summary, sample_batches
+from npc_jax.strategies.base import Acquisition, AcquisitionContext
+from npc_jax.strategies.npc import _score_summary, candidate_batches
 
 
 def _content_ids(images: np.ndarray) -> np.ndarray:
@@ -176,10 +176,7 @@ class NPCInfinite:
     def select(self, key: jax.Array, ctx: AcquisitionContext, pool: Pool,
                q: int) -> Acquisition:
         """The best of m random batches by λ_min of the analytic NTK (ctx.model is unused)."""
-        check_query(pool, q)
-        unlabeled = pool.unlabeled_indices
-        m = len(unlabeled) if self.num_candidates == "pool" else int(self.num_candidates)
-        batches = unlabeled[sample_batches(key, unlabeled, m, q)]       # pool indices
+        batches = candidate_batches(key, pool, self.num_candidates, q)
         num_classes = getattr(ctx.model, "num_classes", 1)   # scale only; any model
         start = time.perf_counter()
         scores = self.score(ctx.images, pool.labeled_indices, batches, num_classes)
