@@ -1,6 +1,6 @@
 """Writes a benchmark's report (tables + figures) from the records of its runs.
 
-    python experiments/report.py records/l1_passive --out reports/l1
+    python experiments/report.py records/l1 --out reports/l1
     python experiments/report.py runs/l1_assl runs/l1_asl/results.jsonl --out reports/l1
 
 Arguments are run directories (every *.jsonl below them is read) or results.jsonl
