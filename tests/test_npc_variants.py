@@ -54,7 +54,7 @@ def test_scores_equal_lambda_min_of_the_reference_kernel(setup, kernel, output, 
 
 
 @pytest.mark.parametrize("name,options", [
-    ("npc_probs", {}), ("npc_full", {"num_candidates": 20}),
+    ("npc_probs", {}), ("npc_full", {"num_candidates": 20}), ("npc_norm", {}),
     ("npc", {"kernel": "full", "output": "probs", "normalize": True, "num_candidates": 20})])
 def test_variants_avoid_duplicates_in_a_repeated_pool(setup, name, options):
     model, variables, images, _ = setup
@@ -70,8 +70,9 @@ def test_variants_avoid_duplicates_in_a_repeated_pool(setup, name, options):
 
 
 def test_registry_and_option_errors():
-    assert {"npc", "npc_probs", "npc_full"} <= set(available())
+    assert {"npc", "npc_probs", "npc_full", "npc_norm"} <= set(available())
     assert make_strategy("npc_full").kernel == "full"
+    assert make_strategy("npc_norm").normalize and not make_strategy("npc").normalize
     assert make_strategy("npc_probs", normalize=True).output == "probs"
     with pytest.raises(ValueError, match="kernel"):
         NPC(kernel="middle")

@@ -42,6 +42,9 @@ register("passive", Passive)
 register("npc", NPC)
 register("npc_probs", npc_variant("npc_probs", output="probs"))
 register("npc_full", npc_variant("npc_full", kernel="full"))
+# Cosine-normalised kernel: every point weighs the same, so a large-norm
+# (outlying) feature vector no longer inflates a batch's λ_min.
+register("npc_norm", npc_variant("npc_norm", normalize=True))
 register("npc_search", NPCSearch)
 register("margin", Margin)
 register("entropy", Entropy)
