@@ -186,6 +186,39 @@ def summarize(records: Sequence[dict]) -> dict:
     return {"label_counts": label_counts, "max_seeds": max_seeds, "rows": rows}
 
 
+def paired_differences(records: Sequence[dict], baseline: str = "passive") -> dict:
+    """Accuracy minus the baseline's on the same seed (same initial labels), per label count.
+
+    Strategies of one seed share their initial labels and round-0 model, so the
+    per-seed difference removes the seed-to-seed spread that dominates the
+    std of the accuracy table.
+
+    Returns:
+      {row: {num_labels: {"diff": Stat of (accuracy - baseline) in points over the
+      common seeds, "wins": how many of them beat the baseline}}} for every row
+      of a mode that has the baseline (the baseline's own row left out), label
+      counts above the mode's smallest (where all rows share the model).
+    """
+    grouped = _by_row_seed(records)
+    out = {}
+    for mode, strategy in _rows(records):
+        base = grouped.get((mode, baseline))
+        if strategy == baseline or not base:
+            continue
+        mine = grouped[(mode, strategy)]
+        acc = lambda by_round: {r["num_labels"]: 100.0 * r["test_accuracy"]
+                                for r in by_round.values()}
+        per_count = collections.defaultdict(list)
+        for seed in sorted(set(mine) & set(base)):
+            a, b = acc(mine[seed]), acc(base[seed])
+            for n in sorted(set(a) & set(b)):
+                per_count[n].append(a[n] - b[n])
+        smallest = min((r["num_labels"] for r in records if r["mode"] == mode), default=0)
+        out[(mode, strategy)] = {n: {"diff": mean_std(d), "wins": sum(x > 0 for x in d)}
+                                 for n, d in sorted(per_count.items()) if n > smallest}
+    return out
+
+
 # -- acquired label sets ---------------------------------------------------------------
 
 
@@ -253,7 +286,9 @@ def acquired_class_counts(records: Sequence[dict]) -> tuple[list[Row], np.ndarra
         names.append(row)
         counts.append(np.mean(per_seed, axis=0))
         num_seeds.append(len(per_seed))
-    return names, np.array(counts, dtype=float).reshape(len(names), -1), num_seeds
+    if not names:   # no record carries class_counts
+        return names, np.zeros((0, 0)), num_seeds
+    return names, np.array(counts, dtype=float), num_seeds
 
 
 # -- NPC's objective -----------------------------------------------------------------
@@ -372,6 +407,21 @@ def report_markdown(records: Sequence[dict], sources: Sequence[str] = (),
     lines = [f"# Report: {dataset}", "",
              f"{len(records)} records from {', '.join(map(str, sources)) or 'memory'}.", "",
              "## Accuracy", "", accuracy_markdown(summary), ""]
+
+    paired = paired_differences(records)
+    if paired:
+        counts = sorted({n for row in paired.values() for n in row})
+        lines += ["## Paired differences to passive", "",
+                  "Accuracy minus passive's on the same seed (same initial labels and round-0 "
+                  "model), in points: mean ± sample std over the common seeds, (wins / seeds).",
+                  ""]
+        lines += _table(["strategy", "mode", *map(str, counts)],
+                        ([strategy, mode.upper(),
+                          *(f"{row[n]['diff'].mean:+.2f} ± {row[n]['diff'].std:.2f} "
+                            f"({row[n]['wins']}/{row[n]['diff'].n})" if n in row else "—"
+                            for n in counts)]
+                         for (mode, strategy), row in paired.items()), 2)
+        lines.append("")
 
     names, iou = label_set_iou(records)
     lines += ["## Overlap of the acquired label sets", "",

@@ -168,3 +168,20 @@ def test_cli_writes_the_report_and_all_figures(tmp_path):
     assert "| A | ASL |" in text and "| B (ASSL) | 0 | 10 | 2 | 4 |" in text
     with pytest.raises(SystemExit, match="does not exist"):
         cli.main([str(tmp_path / "nowhere"), "--out", str(out)])
+
+
+def test_paired_differences_to_passive_by_hand():
+    records = (_run("assl", "passive", 0, [0.5, 0.6, 0.7]) + _run("assl", "passive", 1, [0.4, 0.5, 0.8])
+               + _run("assl", "npc", 0, [0.5, 0.7, 0.65]) + _run("assl", "npc", 1, [0.4, 0.6, 0.9])
+               + _run("assl", "npc", 2, [0.3, 0.9, 0.9])   # no passive seed 2: left out
+               + _run("asl", "npc", 0, [0.2, 0.3, 0.4]))   # no ASL passive: no row
+    paired = report.paired_differences(records)
+    assert list(paired) == [("assl", "npc")]
+    at_30, at_50 = paired[("assl", "npc")][30], paired[("assl", "npc")][50]
+    assert 10 not in paired[("assl", "npc")]   # the shared round-0 model: no difference
+    np.testing.assert_allclose([at_30["diff"].mean, at_30["diff"].n], [10.0, 2])
+    assert at_30["wins"] == 2 and at_50["wins"] == 1
+    np.testing.assert_allclose(at_50["diff"].mean, 2.5)        # (-5 + 10) / 2
+    np.testing.assert_allclose(at_50["diff"].std, np.std([-5, 10], ddof=1))
+    text = report.report_markdown(records)
+    assert "## Paired differences to passive" in text and "+10.00 ± 0.00 (2/2)" in text
