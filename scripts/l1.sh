@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 WORKDIR=${WORKDIR:-runs/l1}
 SEEDS=${SEEDS:-0,1,2,3,4}
-STRATEGIES=${STRATEGIES:-passive,npc,margin,badge,albl,coreset,entropy,least_confidence,npc_probs,npc_search,npc_full}
+STRATEGIES=${STRATEGIES:-passive,npc,margin,badge,albl,coreset,entropy,least_confidence,npc_probs,npc_search,npc_full,npc_norm}
 ASL_STRATEGIES=${ASL_STRATEGIES:-passive,npc}
 CONFIG=experiments/configs/fmnist_assl.py
 for mode in assl asl; do
