@@ -170,11 +170,14 @@ class _Runner:
 
     # -- training ------------------------------------------------------------
 
-    def _test_accuracy(self, variables) -> float | None:
-        if self.test is None:
-            return None
-        return train.evaluate(self.model, variables, *self.test,
-                              batch_size=self.s.train.eval_batch_size)
+    def _evaluation(self, variables) -> dict:
+        """Test accuracy (None without a labelled test split), and validation accuracy."""
+        evaluate = lambda x, y: train.evaluate(self.model, variables, x, y,
+                                               batch_size=self.s.train.eval_batch_size)
+        out = {"test_accuracy": evaluate(*self.test) if self.test is not None else None}
+        if self.validation is not None:
+            out["validation_accuracy"] = evaluate(*self.validation)
+        return out
 
     def _train_and_evaluate(self, pool: Pool, key: jax.Array, description: str):
         labeled = pool.labeled_indices
@@ -189,12 +192,8 @@ class _Runner:
         metrics = dict(history[-1]) if history else {}
         if diagnostic_labels is None:   # computed against unknown labels: meaningless
             metrics.pop("pseudo_label_accuracy", None)
-        summary = {"test_accuracy": self._test_accuracy(variables), "train_seconds": seconds,
+        summary = {**self._evaluation(variables), "train_seconds": seconds,
                    "train_metrics": metrics}
-        if self.validation is not None:
-            summary["validation_accuracy"] = train.evaluate(
-                self.model, variables, *self.validation,
-                batch_size=self.s.train.eval_batch_size)
         return variables, summary
 
     def _initial_model(self, seed: int, pool: Pool, key: jax.Array):
@@ -216,12 +215,7 @@ class _Runner:
         k = self.s.initial_trainings
         if not len(pool.labeled_indices):   # zero-shot: nothing to train on
             variables = jax.device_get(self.model.init(key))
-            summary = {"test_accuracy": self._test_accuracy(variables),
-                       "train_seconds": 0.0, "train_metrics": {}}
-            if self.validation is not None:
-                summary["validation_accuracy"] = train.evaluate(
-                    self.model, variables, *self.validation,
-                    batch_size=self.s.train.eval_batch_size)
+            summary = {**self._evaluation(variables), "train_seconds": 0.0, "train_metrics": {}}
         elif k == 1:
             variables, summary = self._train_and_evaluate(pool, key, f"seed {seed} round 0")
         else:
