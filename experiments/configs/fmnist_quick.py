@@ -6,7 +6,7 @@ two rounds (10, 30, 50 labels), 600 training steps instead of 1000.
 Command:
     python experiments/assl.py --config experiments/configs/fmnist_quick.py --workdir runs/fmnist_quick
 
-Runtime: 7 min 58 s on 2 CPU cores (README, "The demo": 5 trainings of ~90 s).
+Runtime: 5.5-8 min on 2 CPU cores (README, "The demo": 5 trainings of 60-90 s).
 Expected result (measured, seed 0, test accuracy % at 10 / 30 / 50 labels):
 passive 36.27 / 54.93 / 59.27, npc 36.27 / 53.01 / 58.38.
 """
