@@ -72,7 +72,6 @@ __all__ = [
     "read_pending",
     "read_store",
     "sheet_layout",
-    "write_atomically",
 ]
 
 LABELS_FILE = "human_labels.jsonl"
@@ -287,16 +286,6 @@ def load_for_labelling(name: str, *, data_dir=None) -> tuple[Dataset, tuple[str,
 # --------------------------------------------------------------------------- #
 # The store and the pending query
 # --------------------------------------------------------------------------- #
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Writes `data` to a temporary file, fsyncs it, and renames it over `path`."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_store(workdir: str | os.PathLike) -> list[dict]:
@@ -546,7 +535,7 @@ def export_query(workdir: str | os.PathLike, request: LabelRequest, images: np.n
             lines = [["query", "rank", "id", "label"]] + [
                 [query, rank, index, ""] for rank, index in zip(ranks, indices)]
             text = _csv_text(lines)
-            write_atomically(csv_path, text.encode())
+            results.write_atomically(csv_path, text.encode())
         title = (f"query {query}: {len(indices)} images, {request.what}; fill the label "
                  f"column of {csv_path.name}")
         sheet = contact_sheet(images[np.asarray(indices, np.int64)],
@@ -562,7 +551,7 @@ def export_query(workdir: str | os.PathLike, request: LabelRequest, images: np.n
                    "num_classes": int(num_classes),
                    "class_names": list(class_names) if class_names else None,
                    "csv": str(csv_path), "png": str(png_path)}
-        write_atomically(folder / PENDING_FILE, json.dumps(pending, indent=1).encode())
+        results.write_atomically(folder / PENDING_FILE, json.dumps(pending, indent=1).encode())
     return Export(query, csv_path, png_path, tuple(indices), int(num_classes),
                   tuple(class_names) if class_names else None, request.what)
 

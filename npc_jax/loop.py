@@ -232,8 +232,8 @@ class _Runner:
                 "train_seconds": [t[1]["train_seconds"] for t in trainees]}
         summary["labeled_indices"] = pool.labeled_indices.tolist()
         stem.parent.mkdir(parents=True, exist_ok=True)
-        labelling.write_atomically(weights, flax.serialization.to_bytes(variables))
-        labelling.write_atomically(meta, json.dumps(summary).encode())
+        results.write_atomically(weights, flax.serialization.to_bytes(variables))
+        results.write_atomically(meta, json.dumps(summary).encode())
         return variables, summary
 
     # -- one (strategy, seed) ------------------------------------------------------

@@ -44,6 +44,17 @@ class ResultsLog:
             return [json.loads(line) for line in f if line.strip()]
 
 
+def write_atomically(path: str | os.PathLike, data: bytes) -> None:
+    """Writes `data` to a temporary file, fsyncs it, and renames it over `path`."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def read_records(paths: Iterable[str | os.PathLike]) -> list[dict]:
     """Records of several run directories or results.jsonl files."""
     records = []
