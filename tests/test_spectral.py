@@ -76,3 +76,55 @@ def test_enable_x64_is_a_scoped_switch_on_old_and_new_jax():
         assert jnp.ones(1).dtype == jnp.float64
         assert jnp.asarray(np.ones(1)).dtype == jnp.float64
     assert jnp.ones(1).dtype == jnp.float32
+
+
+# -- the accelerator path (jit-compiled eigvalsh on padded chunks), forced on the CPU --
+
+def test_device_path_matches_float64_numpy_with_padding_and_one_compile():
+    from npc_jax import spectral
+
+    rng = np.random.default_rng(3)
+    n = 7
+    stack = np.stack([_random_gram(rng, n, 10) for _ in range(11)])
+    expected = np.linalg.eigvalsh(stack.astype(np.float64))
+    compiled_before = spectral._min_eigenvalue_device._cache_size()
+    got = min_eigenvalue(stack, chunk_size=4, backend="device")  # 3 chunks, the last padded
+    assert spectral._min_eigenvalue_device._cache_size() == compiled_before + 1
+    assert got.shape == (11,) and got.dtype == np.float32
+    # float32 eigenvalues carry an absolute error of about n·eps·λ_max.
+    tolerance = 4 * spectral.roundoff_tolerance(n, expected[:, -1], np.float32)
+    assert np.all(expected[:, 0] > 10 * tolerance)       # resolvable in float32
+    np.testing.assert_array_less(np.abs(got - expected[:, 0]), tolerance)
+    # The identity matrices that pad the last chunk never leak into the result.
+    single = min_eigenvalue(stack[:1], chunk_size=4, backend="device")
+    np.testing.assert_array_less(np.abs(single - expected[0, 0]), tolerance[0])
+
+
+def test_device_path_reports_singular_matrices_as_exact_zeros():
+    rng = np.random.default_rng(4)
+    singular = np.stack([_random_gram(rng, 8, 3) for _ in range(5)])
+    duplicate = _random_gram(rng, 8, 12)
+    duplicate[:, 1], duplicate[1, :] = duplicate[:, 0], duplicate[0, :]   # a repeated point
+    got = min_eigenvalue(np.concatenate([singular, duplicate[None]]), backend="device")
+    np.testing.assert_array_equal(got, 0.0)
+
+
+def test_min_eigenvalue_jax_is_traceable_and_agrees_with_the_host_path():
+    import jax
+    import jax.numpy as jnp
+
+    from npc_jax.spectral import min_eigenvalue_jax
+
+    rng = np.random.default_rng(5)
+    stack = np.stack([_random_gram(rng, 6, 9) for _ in range(4)] + [_random_gram(rng, 6, 2)])
+    got = jax.jit(jax.vmap(min_eigenvalue_jax))(jnp.asarray(stack))
+    host = min_eigenvalue(stack, backend="host")
+    np.testing.assert_allclose(np.asarray(got), host, rtol=1e-4)
+    assert float(got[-1]) == 0.0 and float(host[-1]) == 0.0
+
+
+def test_backend_errors():
+    with pytest.raises(ValueError, match="backend"):
+        min_eigenvalue(np.eye(3), backend="gpu")
+    with pytest.raises(ValueError, match="float32"):
+        min_eigenvalue(np.eye(3), backend="device", float64=True)

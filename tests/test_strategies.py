@@ -56,20 +56,31 @@ PROBS = np.array([[.25, .25, .25, .25], [.97, .01, .01, .01], [.40, .40, .10, .1
                   [.34, .33, .32, .01], [.35, .25, .20, .20]])
 
 
-@pytest.mark.parametrize("name, expected, best_score", [
-    ("least_confidence", [3, 4], 0.66),
-    ("margin", [2, 3], 0.0),
-    ("entropy", [4, 2], 1.3578),
+# The same scores, written out from the table's probabilities (rows 1-4).
+TABLE_SCORES = {
+    "least_confidence": 1.0 - PROBS[1:].max(1),
+    "margin": -(np.sort(PROBS[1:], 1)[:, -1] - np.sort(PROBS[1:], 1)[:, -2]),
+    "entropy": -(PROBS[1:] * np.log(PROBS[1:])).sum(1),
+}
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("least_confidence", [3, 4]),
+    ("margin", [2, 3]),
+    ("entropy", [4, 2]),
 ])
-def test_uncertainty_scores_pick_the_known_rows(name, expected, best_score):
+def test_uncertainty_scores_pick_the_known_rows(name, expected):
     ctx = TableContext(np.log(PROBS))
     pool = Pool(num_samples=5, labeled=(0,))
     acquisition = make_strategy(name).select(KEY, ctx, pool, 2)
     assert acquisition.indices.tolist() == expected
-    first = {"least_confidence": 0.66, "margin": -0.0, "entropy": 1.3578}[name]
-    second = {"least_confidence": 0.65, "margin": -0.01, "entropy": 1.1935}[name]
-    assert acquisition.objective["mean_score"] == pytest.approx((first + second) / 2, abs=1e-4)
-    assert abs(best_score) == pytest.approx(abs(first), abs=1e-4)
+    scores = TABLE_SCORES[name]                      # of rows 1..4
+    picked = scores[np.asarray(expected) - 1]
+    objective = acquisition.objective
+    assert objective["score"] == name
+    assert objective["mean_score"] == pytest.approx(picked.mean(), abs=1e-6)
+    assert objective["min_score"] == pytest.approx(picked.min(), abs=1e-6)
+    assert objective["pool_mean_score"] == pytest.approx(scores.mean(), abs=1e-6)
 
 
 def test_exact_ties_are_broken_at_random_per_key():

@@ -37,9 +37,7 @@ def test_training_lowers_the_loss_and_learns(method):
     assert history[-1]["loss_labeled"] < history[0]["loss_labeled"]
     accuracy = train.evaluate(model, state.eval_variables, images, labels)
     assert accuracy > 0.8
-    if method == "fixmatch":
-        assert 0.0 <= history[-1]["mask_rate"] <= 1.0
-        assert state.darp is not None and state.darp.probs.shape == (96, 2)
+    # What the unlabeled loss and DARP contribute is tested in test_fixmatch.py.
 
 
 def test_a_training_compiles_its_step_once_and_is_deterministic():
