@@ -44,8 +44,43 @@ def _strip(records):
             for r in records]
 
 
-def test_records_are_complete_shared_and_deterministic(dataset, tmp_path):
+def _count_trainings(monkeypatch):
+    calls = []
+    real = loop.train.timed_train
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("description"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop.train, "timed_train", counting)
+    return calls
+
+
+def _round0_lambda_min(workdir, record):
+    """λ_min of the last-layer logits kernel over labeled ∪ acquired, recomputed
+    in float64 from the round-0 checkpoint on disk (independent of the strategy)."""
+    import flax.serialization
+    import jax
+
+    from npc_jax.models import get_model
+
+    model = get_model("cnn", 4)
+    template = jax.device_get(model.init(jax.random.PRNGKey(0)))
+    variables = flax.serialization.from_bytes(
+        template, (workdir / "checkpoints" / "seed0_round0.msgpack").read_bytes())
+    x = np.load(record["config"]["dataset"].removeprefix("npz:"))["x"]
+    points = record["labeled_indices"] + record["acquired_indices"]
+    images = x[points][..., None].astype(np.float32) / 255.0
+    _, features = model.apply_with_features(variables, images)
+    phi = np.concatenate([np.asarray(features, np.float64), np.ones((len(points), 1))], 1)
+    return float(np.linalg.eigvalsh(4.0 * phi @ phi.T)[0])
+
+
+def test_records_are_complete_shared_and_deterministic(dataset, tmp_path, monkeypatch):
+    trainings = _count_trainings(monkeypatch)
     first = loop.run(_config(dataset), tmp_path / "a", progress=False)
+    # One round-0 training shared by both strategies, then 2 rounds each.
+    assert len(trainings) == 1 + 2 * 2, trainings
     assert len(first) == 6  # 2 strategies x 3 rounds
     for r in first:
         assert r["num_labels"] == 4 + 4 * r["round"]
@@ -55,15 +90,22 @@ def test_records_are_complete_shared_and_deterministic(dataset, tmp_path):
         assert len(r["acquired_indices"]) == (4 if r["round"] < 2 else 0)
     by = {(r["strategy"], r["round"]): r for r in first}
     assert by[("passive", 0)]["test_accuracy"] == by[("npc", 0)]["test_accuracy"]
-    assert by[("npc", 0)]["objective"]["lambda_min"] >= 0
+    # The summary of the one round-0 training, loaded from its checkpoint.
+    assert by[("passive", 0)]["train_seconds"] == by[("npc", 0)]["train_seconds"]
+    objective = by[("npc", 0)]["objective"]
+    assert objective["lambda_min"] == objective["random_batches"]["quantiles"]["1.0"]
+    assert objective["lambda_min"] > objective["random_batches"]["quantiles"]["0.0"]
+    assert objective["lambda_min"] == pytest.approx(
+        _round0_lambda_min(tmp_path / "a", by[("npc", 0)]), rel=1e-4)
     assert by[("passive", 1)]["labeled_indices"] == (
         by[("passive", 0)]["labeled_indices"] + by[("passive", 0)]["acquired_indices"])
     assert (tmp_path / "a" / "summary.md").exists() and (tmp_path / "a" / "accuracy.png").exists()
     second = loop.run(_config(dataset), tmp_path / "b", progress=False)
     assert _strip(first) == _strip(second)
     # Re-running a finished workdir trains nothing and adds nothing.
+    del trainings[:]
     again = loop.run(_config(dataset), tmp_path / "a", progress=False)
-    assert _strip(again) == _strip(first)
+    assert _strip(again) == _strip(first) and trainings == []
 
 
 def test_asl_mode_and_a_different_seed_gives_other_labels(dataset, tmp_path):
@@ -75,11 +117,13 @@ def test_asl_mode_and_a_different_seed_gives_other_labels(dataset, tmp_path):
 
 
 def test_resume_after_kill_gives_the_same_records(dataset, tmp_path):
-    reference = loop.run(_config(dataset, strategies="npc"), tmp_path / "ref", progress=False)
+    """Killed after passive's first round: the resumed process finishes passive
+    and runs npc, whose round 0 must come from the checkpoint on disk."""
+    reference = loop.run(_config(dataset), tmp_path / "ref", progress=False)
     workdir = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / "experiments" / "assl.py"),
            f"--config={ROOT / 'tests' / 'toy_config.py'}", f"--workdir={workdir}",
-           f"--config.dataset=npz:{dataset}", "--config.strategies=npc"]
+           f"--config.dataset=npz:{dataset}"]
     env = dict(os.environ)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     log = workdir / "results.jsonl"
@@ -92,11 +136,18 @@ def test_resume_after_kill_gives_the_same_records(dataset, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     written = log.read_text().count("\n")
-    assert 1 <= written < 3, "the kill should land mid-run"
+    assert 1 <= written < 4, "the kill should land before npc's round 0"
+    checkpoint = workdir / "checkpoints" / "seed0_round0.msgpack"
+    checkpoint_before = (checkpoint.stat().st_mtime_ns, checkpoint.read_bytes())
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     resumed = [json.loads(line) for line in log.read_text().splitlines()]
     assert _strip(resumed) == _strip(reference)
+    # Loaded, not retrained: the file is untouched and npc's round 0 carries the
+    # summary (wall time included) of the training before the kill.
+    assert (checkpoint.stat().st_mtime_ns, checkpoint.read_bytes()) == checkpoint_before
+    by = {(r["strategy"], r["round"]): r for r in resumed}
+    assert by[("npc", 0)]["train_seconds"] == by[("passive", 0)]["train_seconds"]
 
 
 def test_bad_configs_are_refused_with_the_fix(dataset, tmp_path):
