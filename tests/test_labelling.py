@@ -319,6 +319,28 @@ def test_contact_sheet_has_one_tile_per_image(count, shape, columns, rows):
     assert sheet.size == (columns * (tile + 8) + 8,
                           layout.header + rows * (tile + 22 + 8) + 8) == (layout.width,
                                                                            layout.height)
+    # Every tile shows its own image, upscaled by nearest neighbour, in order,
+    # with its caption written below it.
+    pixels = np.asarray(sheet)
+    expected_tiles = np.round(images * 255).astype(np.uint8)
+    for i, image in enumerate(expected_tiles):
+        row, column = divmod(i, columns)
+        left = 8 + column * (layout.tile_width + 8)
+        top = layout.header + 8 + row * (layout.tile_height + 8)
+        shown = pixels[top:top + tile, left:left + tile]
+        upscaled = np.repeat(np.repeat(image, layout.scale, 0), layout.scale, 1)
+        np.testing.assert_array_equal(shown, np.broadcast_to(upscaled, shown.shape))
+        caption_band = pixels[top + tile + 2:top + tile + 22, left:left + tile]
+        assert (caption_band.min(-1) < 100).sum() > 20, f"no caption under tile {i}"
+    assert (pixels[:layout.header].min(-1) < 100).any(), "no title"
+
+
+def test_contact_sheet_writes_the_class_legend():
+    images = np.zeros((3, 28, 28, 1), np.uint8)
+    plain = np.asarray(labelling.contact_sheet(images, ["a", "b", "c"]))
+    named = labelling.contact_sheet(images, ["a", "b", "c"], class_names=["cat", "dog"])
+    legend = np.asarray(named)[plain.shape[0]:]
+    assert legend.shape[0] > 0 and (legend.min(-1) < 100).sum() > 20
 
 
 def test_exported_sheet_and_csv(dataset, pending_workdir):
