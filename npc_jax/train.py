@@ -94,6 +94,22 @@ class TrainConfig:
                              f"[0, 1], got {self.supervised_warmup}.")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}.")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(
+                f"TrainConfig.threshold is a confidence in [0, 1] (FixMatch: 0.95), got "
+                f"{self.threshold}; above 1 no pseudo-label passes and the unlabeled "
+                "loss is silently off.")
+        ranges = (  # a NaN fails every comparison, so it is refused too
+            ("lr", self.lr > 0, "> 0"),
+            ("lambda_u", self.lambda_u >= 0, ">= 0"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+            ("darp_warmup", 0 <= self.darp_warmup <= 1, "a fraction of the steps in [0, 1]"),
+        )
+        for name, in_range, wanted in ranges:
+            if not in_range:
+                raise ValueError(f"TrainConfig.{name} must be {wanted}, got "
+                                 f"{getattr(self, name)!r}.")
 
 
 class TrainData(NamedTuple):

@@ -13,6 +13,8 @@ import pytest
 
 from npc_jax import loop
 
+from needs import requires_fashion_mnist
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
@@ -82,6 +84,7 @@ def test_paper_protocols_smoke_on_mock_cifar(tmp_path, name, arg, num_examples):
 
 
 @pytest.mark.slow
+@requires_fashion_mnist
 def test_fmnist_long_smoke_100_steps(tmp_path):
     config = _smoke(_config("fmnist_long"), steps=100, batch_size=8, mu=2)
     config.seeds = "0"
@@ -90,6 +93,28 @@ def test_fmnist_long_smoke_100_steps(tmp_path):
     records = loop.run(config, tmp_path, progress=False)
     _check(records, config)
     assert all(r["train_metrics"]["step"] == 100 for r in records if r["round"] > 0)
+
+
+@pytest.mark.slow
+@requires_fashion_mnist
+@pytest.mark.parametrize("name, arg", [("fmnist_assl", None), ("fmnist_assl", "asl"),
+                                       ("fmnist_quick", None)])
+def test_fashion_mnist_configs_smoke_as_written(tmp_path, name, arg):
+    """The L1 configs (ASSL, ASL) and the README demo's, on the real pool, with
+    only the step count, batch and rounds shrunk: the recipe (separate weak
+    pass, supervised warm-up, DARP, τ) runs as written."""
+    config = _smoke(_config(name, arg), steps=12, batch_size=4, mu=2)
+    config.seeds = "0"
+    config.rounds = 1
+    records = loop.run(config, tmp_path, progress=False)
+    _check(records, config)
+    assert records[0]["config"]["dataset"] == "fashion_mnist"
+    trained = [r["train_metrics"] for r in records]
+    if config.mode == "assl":
+        assert config.train.weak_forward == "separate" and config.train.darp
+        assert all("mask_rate" in m for m in trained)      # FixMatch steps ran
+    else:
+        assert all("mask_rate" not in m for m in trained)  # supervised only
 
 
 def test_config_docstrings_give_command_runtime_and_expected_result():

@@ -1,5 +1,4 @@
 """Tests for npc_jax.ssl.darp: constraints, optimality against scipy, the buffer."""
-import time
 
 import jax
 import jax.numpy as jnp
@@ -261,19 +260,12 @@ def test_refresh_and_pseudo_labels_inside_jit():
     np.testing.assert_array_equal(np.asarray(labels), np.asarray(state1.refined)[[3, 10, 40]])
 
 
-def test_speed_60k_by_10():
+def test_converges_at_full_pool_scale_60k_by_10():
+    # Its wall time is a benchmark: experiments/bench_darp.py.
     rng = np.random.default_rng(9)
     n, c = 60_000, 10
     p = jnp.asarray(_skewed_probs(rng, n, c))
     target = darp.uniform_target(n, c)
-    solve = jax.jit(lambda p, t: darp.darp_solve(p, t))
-    jax.block_until_ready(solve(p, target))          # compile
-    best = np.inf
-    for _ in range(3):
-        t0 = time.perf_counter()
-        sol = jax.block_until_ready(solve(p, target))
-        best = min(best, time.perf_counter() - t0)
-    assert bool(sol.converged)
+    sol = jax.jit(lambda p, t: darp.darp_solve(p, t))(p, target)
+    assert bool(sol.converged) and int(sol.num_iters) <= 20
     _check_constraints(sol.refined, target)
-    print(f"darp_solve N={n} C={c}: {best * 1e3:.1f} ms, {int(sol.num_iters)} Newton iterations")
-    assert best < 1.0

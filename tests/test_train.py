@@ -78,6 +78,11 @@ def test_cosine_schedule_and_config_errors():
         train.TrainConfig(method="mixmatch")
     with pytest.raises(ValueError, match="steps"):
         train.TrainConfig(steps=0)
+    for field, value in (("threshold", 1.5), ("threshold", -0.1), ("lr", 0.0),
+                         ("lambda_u", -1.0), ("momentum", 1.5), ("darp_warmup", 2.0),
+                         ("weight_decay", float("nan"))):
+        with pytest.raises(ValueError, match=f"TrainConfig.{field}"):
+            train.TrainConfig(**{field: value})
     with pytest.raises(ValueError, match="at least one labeled"):
         train.make_train_data(np.zeros((4, 28, 28, 1)), [], [])
 
