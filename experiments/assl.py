@@ -6,6 +6,8 @@
 
 Re-running the same command resumes after the last finished round.
 """
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -23,7 +25,10 @@ def main(argv):
     # to compute slightly different numbers than fresh ones on CPU, which would
     # break "same seed, same labels, bit for bit" across a resumed run.
     from npc_jax import loop, results
-    records = loop.run(_CONFIG.value, _WORKDIR.value)
+    try:
+        records = loop.run(_CONFIG.value, _WORKDIR.value)
+    except ValueError as error:   # config, data and workdir errors name their fix
+        sys.exit(f"error: {error}")
     print()
     print(results.format_table(records))
     print(f"\nrecords: {_WORKDIR.value}/results.jsonl   plot: {_WORKDIR.value}/accuracy.png")

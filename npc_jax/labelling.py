@@ -52,7 +52,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from npc_jax import results
+from npc_jax import records
 from npc_jax.data import DataError, Dataset, Pool, load_dataset, validate_arrays
 
 __all__ = [
@@ -74,7 +74,7 @@ __all__ = [
     "sheet_layout",
 ]
 
-LABELS_FILE = "human_labels.jsonl"
+LABELS_FILE = records.HUMAN_LABELS_FILE
 QUERIES_DIR = "queries"
 PENDING_FILE = "pending.json"
 _LOCK_FILE = ".labelling.lock"
@@ -290,7 +290,7 @@ def load_for_labelling(name: str, *, data_dir=None) -> tuple[Dataset, tuple[str,
 
 def read_store(workdir: str | os.PathLike) -> list[dict]:
     """Every import so far, oldest first (a torn last line is dropped)."""
-    return results.ResultsLog(Path(workdir) / LABELS_FILE).read()
+    return records.read_jsonl(Path(workdir) / LABELS_FILE)
 
 
 def read_pending(workdir: str | os.PathLike) -> dict | None:
@@ -301,7 +301,13 @@ def read_pending(workdir: str | os.PathLike) -> dict | None:
     path = Path(workdir) / QUERIES_DIR / PENDING_FILE
     if not path.exists():
         return None
-    pending = json.loads(path.read_text())
+    try:
+        pending = json.loads(path.read_text())
+        pending["query"]
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError) as error:
+        raise DataError(f"{path} is damaged ({type(error).__name__}: {error}); delete it and "
+                        "run experiments/label.py again to re-export the pending query "
+                        "(imported labels are kept).") from None
     if any(entry["query"] == pending["query"] for entry in read_store(workdir)):
         return None
     return pending
@@ -535,7 +541,7 @@ def export_query(workdir: str | os.PathLike, request: LabelRequest, images: np.n
             lines = [["query", "rank", "id", "label"]] + [
                 [query, rank, index, ""] for rank, index in zip(ranks, indices)]
             text = _csv_text(lines)
-            results.write_atomically(csv_path, text.encode())
+            records.write_atomically(csv_path, text.encode())
         title = (f"query {query}: {len(indices)} images, {request.what}; fill the label "
                  f"column of {csv_path.name}")
         sheet = contact_sheet(images[np.asarray(indices, np.int64)],
@@ -551,7 +557,7 @@ def export_query(workdir: str | os.PathLike, request: LabelRequest, images: np.n
                    "num_classes": int(num_classes),
                    "class_names": list(class_names) if class_names else None,
                    "csv": str(csv_path), "png": str(png_path)}
-        results.write_atomically(folder / PENDING_FILE, json.dumps(pending, indent=1).encode())
+        records.write_atomically(folder / PENDING_FILE, json.dumps(pending, indent=1).encode())
     return Export(query, csv_path, png_path, tuple(indices), int(num_classes),
                   tuple(class_names) if class_names else None, request.what)
 
@@ -672,7 +678,7 @@ def import_labels(workdir: str | os.PathLike, csv_path: str | os.PathLike) -> di
         entry = _check_rows(path, rows, pending, labelled_before)
         entry["csv_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
         entry["imported_at"] = datetime.datetime.now().isoformat(timespec="seconds")
-        results.ResultsLog(workdir / LABELS_FILE).append(entry)
+        records.JsonlLog(workdir / LABELS_FILE).append(entry)
     return entry
 
 

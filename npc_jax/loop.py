@@ -34,7 +34,7 @@ import flax.serialization
 import jax
 import numpy as np
 
-from npc_jax import labelling, results, strategies, train
+from npc_jax import labelling, records, results, strategies, train
 from npc_jax.data import DataError, Dataset, Pool, carve_validation, load_dataset
 from npc_jax.models import Model, get_model
 from npc_jax.strategies import AcquisitionContext
@@ -44,6 +44,10 @@ from npc_jax.strategies import AcquisitionContext
 # its own strategy's options), so that later commands can add strategies and
 # variants to the same workdir.
 _SUBSET_FIELDS = ("strategies", "seeds", "strategy_options")
+# Fields added to the configs after records were made with their default
+# behaviour: at these values they stay out of the hash, so that older
+# workdirs (the committed L1 records) resume under the configs of today.
+_HASH_NEUTRAL_DEFAULTS = {"model_dtype": "float32", "initial_trainings": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +98,9 @@ class RunSettings:
         except ValueError:
             raise ValueError(f"config.seeds must be comma-separated integers, "
                              f"got {cfg['seeds']!r}.") from None
-        if not seeds or len(set(seeds)) != len(seeds):
-            raise ValueError(f"config.seeds must be distinct integers, got {cfg['seeds']!r}.")
+        if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            raise ValueError(f"config.seeds must be distinct non-negative integers, got "
+                             f"{cfg['seeds']!r}.")
         if int(cfg["query_size"]) <= 0:
             raise ValueError(f"config.query_size must be positive, got {cfg['query_size']}.")
         if int(cfg["initial_labels"]) < 0:
@@ -121,7 +126,8 @@ class RunSettings:
         for name in options:
             if name not in strategies.available():
                 raise ValueError(f"config.strategy_options names unknown strategy {name!r}.")
-        relevant = {k: v for k, v in cfg.items() if k not in _SUBSET_FIELDS}
+        relevant = {k: v for k, v in cfg.items() if k not in _SUBSET_FIELDS
+                    and not (k in _HASH_NEUTRAL_DEFAULTS and v == _HASH_NEUTRAL_DEFAULTS[k])}
         if labels == "human":   # only then: oracle workdirs keep their hash
             relevant["labels"] = labels
         digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
@@ -144,6 +150,7 @@ class _Runner:
     def __init__(self, settings: RunSettings, workdir: Path, dataset: Dataset,
                  labeller: labelling.Labeller, progress: bool):
         self.s = settings
+        self.fingerprint = dataset.fingerprint()   # of the data as loaded, before carving
         self.validation = None
         if settings.validation_size:
             dataset, x_val, y_val = carve_validation(dataset, settings.validation_size)
@@ -158,14 +165,20 @@ class _Runner:
         dtype = {} if settings.model_dtype == "float32" else {"dtype": settings.model_dtype}
         self.model: Model = get_model(settings.model, dataset.num_classes, dataset.image_shape,
                                       **dtype)
-        self.log = results.ResultsLog(workdir / "results.jsonl")
+        self.log = records.JsonlLog(workdir / "results.jsonl")
         self.done = {}
         for record in self.log.read():
             if record.get("config_hash") != settings.config_hash:
                 raise ValueError(
-                    f"{self.log.path} holds records of a different config "
-                    f"(hash {record.get('config_hash')} != {settings.config_hash}); "
-                    "use a new --workdir, or the original config, to resume.")
+                    f"{self.log.path} holds records of a different config: "
+                    f"{_config_difference(record.get('config', {}), settings.config)}. Use a new "
+                    "--workdir, or the original config, to resume.")
+            recorded = record.get("dataset_fingerprint")
+            if recorded is not None and recorded != self.fingerprint:
+                raise ValueError(
+                    f"{self.log.path} holds records of other data: {settings.dataset} now has "
+                    f"content fingerprint {self.fingerprint}, the records {recorded} (the file "
+                    "was replaced or the dataset changed). Use a new --workdir for the new data.")
             self.done[(record["strategy"], record["seed"], record["round"])] = record
 
     # -- training ------------------------------------------------------------
@@ -209,9 +222,10 @@ class _Runner:
         weights, meta = stem.with_suffix(".msgpack"), stem.with_suffix(".json")
         template = jax.device_get(self.model.init(jax.random.PRNGKey(0)))
         if weights.exists() and meta.exists():
-            summary = json.loads(meta.read_text())
-            if summary.get("labeled_indices") == pool.labeled_indices.tolist():
-                return flax.serialization.from_bytes(template, weights.read_bytes()), summary
+            summary = _read_checkpoint_meta(meta)
+            if (summary.get("labeled_indices") == pool.labeled_indices.tolist()
+                    and summary.get("dataset_fingerprint", self.fingerprint) == self.fingerprint):
+                return _read_checkpoint(weights, template), summary
         k = self.s.initial_trainings
         if not len(pool.labeled_indices):   # zero-shot: nothing to train on
             variables = jax.device_get(self.model.init(key))
@@ -231,9 +245,10 @@ class _Runner:
                 "test_accuracies": [t[1]["test_accuracy"] for t in trainees],
                 "train_seconds": [t[1]["train_seconds"] for t in trainees]}
         summary["labeled_indices"] = pool.labeled_indices.tolist()
+        summary["dataset_fingerprint"] = self.fingerprint
         stem.parent.mkdir(parents=True, exist_ok=True)
-        results.write_atomically(weights, flax.serialization.to_bytes(variables))
-        results.write_atomically(meta, json.dumps(summary).encode())
+        records.write_atomically(weights, flax.serialization.to_bytes(variables))
+        records.write_atomically(meta, json.dumps(summary).encode())
         return variables, summary
 
     # -- one (strategy, seed) ------------------------------------------------------
@@ -282,7 +297,10 @@ class _Runner:
         strategy = strategies.make_strategy(strategy_name,
                                             **s.strategy_options.get(strategy_name, {}))
         train_key, acquire_key = jax.random.split(jax.random.PRNGKey(seed))
-        initial = self.labeller.initial_pool(s.initial_labels, seed)
+        try:
+            initial = self.labeller.initial_pool(s.initial_labels, seed)
+        except DataError as error:
+            raise DataError(f"config.initial_labels={s.initial_labels}: {error}") from None
         initial.check_budget(s.query_size, s.rounds)
         options = s.strategy_options.get(strategy_name, {})
         for (name, _, _), record in self.done.items():
@@ -316,7 +334,8 @@ class _Runner:
                 acquired, objective = acquisition.indices, acquisition.objective
             labeled = pool.labeled_indices
             record = {
-                "dataset": s.dataset, "mode": s.mode, "strategy": strategy_name,
+                "dataset": s.dataset, "dataset_fingerprint": self.fingerprint,
+                "mode": s.mode, "strategy": strategy_name,
                 "seed": seed, "round": r, "num_labels": int(len(labeled)),
                 "test_accuracy": summary["test_accuracy"],
                 "validation_accuracy": summary.get("validation_accuracy"),
@@ -378,8 +397,37 @@ def run(config, workdir: str | os.PathLike, *, progress: bool | None = None,
         label; import it with `labelling.import_labels` and run again.
     """
     settings = RunSettings.from_config(config, labels=labels)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    created = bool(str(workdir).strip()) and not Path(workdir).exists()
+    try:
+        workdir = records.check_writable_dir(workdir)
+    except records.RecordsError:
+        # A finished run can still be read where it cannot be written (an
+        # archive, a read-only mount): return its records, train nothing.
+        if workdir and Path(workdir).is_dir() and _is_finished(settings, Path(workdir)):
+            print(f"{workdir} is read-only and complete: nothing to run, summary not rewritten.")
+            return records.read_jsonl(Path(workdir) / "results.jsonl")
+        raise
+    try:
+        with records.WorkdirLock(workdir):
+            return _run_locked(settings, workdir, progress=progress, labels=labels)
+    finally:
+        # A run refused before it wrote anything leaves no empty workdir behind.
+        if created and {p.name for p in workdir.iterdir()} <= {records.LOCK_FILE}:
+            (workdir / records.LOCK_FILE).unlink(missing_ok=True)
+            workdir.rmdir()
+
+
+def _is_finished(settings: RunSettings, workdir: Path) -> bool:
+    """Whether `workdir` records every (strategy, seed, round) of `settings`."""
+    done = {(r.get("strategy"), r.get("seed"), r.get("round"))
+            for r in records.read_jsonl(workdir / "results.jsonl")
+            if r.get("config_hash") == settings.config_hash}
+    return all((name, seed, r) in done for name in settings.strategies
+               for seed in settings.seeds for r in range(settings.rounds + 1))
+
+
+def _run_locked(settings: RunSettings, workdir: Path, *, progress, labels) -> list[dict]:
+    """`run` once the workdir is known writable and this process holds its lock."""
     if labels == "human":
         dataset, class_names = labelling.load_for_labelling(settings.dataset,
                                                             data_dir=settings.data_dir)
@@ -397,9 +445,12 @@ def run(config, workdir: str | os.PathLike, *, progress: bool | None = None,
         labeller = labelling.TrueLabels(dataset.y_train, dataset.num_classes)
         class_names = None   # names are for exports, and the oracle never exports
     if settings.final_num_labels + settings.validation_size > dataset.num_train:
-        raise DataError(f"The run needs {settings.final_num_labels} labels but the pool holds "
-                        f"{dataset.num_train} samples (validation_size {settings.validation_size} "
-                        "of them held out); lower rounds, query_size or validation_size.")
+        raise DataError(
+            f"The run needs config.initial_labels ({settings.initial_labels}) + config.rounds "
+            f"({settings.rounds}) × config.query_size ({settings.query_size}) = "
+            f"{settings.final_num_labels} labels, but the pool holds {dataset.num_train} samples "
+            f"(config.validation_size = {settings.validation_size} of them held out); lower "
+            "one of those fields.")
     runner = _Runner(settings, workdir, dataset, labeller,
                      progress=sys.stderr.isatty() if progress is None else progress)
     for seed in settings.seeds:
@@ -410,15 +461,51 @@ def run(config, workdir: str | os.PathLike, *, progress: bool | None = None,
                 raise labelling.LabelsNeeded(labelling.export_query(
                     workdir, request, dataset.x_train, num_classes=dataset.num_classes,
                     class_names=class_names, dataset=settings.dataset))
-    records = runner.log.read()
-    _write_summary(records, workdir)
-    return records
+    all_records = runner.log.read()
+    _write_summary(all_records, workdir)
+    return all_records
 
 
-def _write_summary(records: list[dict], workdir: Path) -> None:
+def _write_summary(run_records: list[dict], workdir: Path) -> None:
     """summary.md and accuracy.png of the records that have a test accuracy."""
-    measured = [r for r in records if r["test_accuracy"] is not None]
+    measured = [r for r in run_records if r["test_accuracy"] is not None]
     if measured:
         (workdir / "summary.md").write_text(results.format_table(measured) + "\n")
         results.plot_accuracy(measured, workdir / "accuracy.png")
 
+
+
+def _config_difference(recorded: dict, current: dict) -> str:
+    """Which run-wide config fields differ, e.g. "train_steps: 1000 -> 600"."""
+    def flat(tree, prefix=""):
+        out = {}
+        for key, value in (tree or {}).items():
+            if not prefix and key in _SUBSET_FIELDS:
+                continue
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    old, new = flat(recorded), flat(current)
+    changed = [f"{key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}"
+               for key in sorted(set(old) | set(new)) if old.get(key, None) != new.get(key, None)]
+    return "; ".join(changed) if changed else "the same fields, another labels mode"
+
+
+def _read_checkpoint_meta(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"Checkpoint metadata {path} is damaged ({error}); delete it and "
+                        f"{path.with_suffix('.msgpack').name} to retrain the round-0 model.") from None
+
+
+def _read_checkpoint(path: Path, template):
+    try:
+        return flax.serialization.from_bytes(template, path.read_bytes())
+    except Exception as error:  # msgpack and flax raise several unrelated types
+        raise DataError(f"Checkpoint {path} is damaged or truncated ({type(error).__name__}: "
+                        f"{error}); delete it and {path.with_suffix('.json').name} to retrain the "
+                        "round-0 model.") from None

@@ -16,13 +16,14 @@ percent. Everything but the plotting is a pure function of a list of records.
 from __future__ import annotations
 
 import collections
-import json
 import math
 import os
 from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
+
+from npc_jax.records import HUMAN_LABELS_FILE, RecordsError, read_jsonl
 
 Row = tuple[str, str]  # (mode, strategy)
 
@@ -58,8 +59,9 @@ def row_name(row: Row) -> str:
 def load_records(paths: Iterable[str | os.PathLike]) -> list[dict]:
     """Records of run directories (every *.jsonl below them) and .jsonl files.
 
-    Read-only: unlike `results.ResultsLog`, a half-written last line (a run
-    still appending) is skipped, never truncated away.
+    Read-only (`npc_jax.records.read_jsonl`): a half-written last line (a run
+    still appending) is skipped, never truncated away. In a directory, a human
+    labeller's ``human_labels.jsonl`` is not a record file and is left out.
 
     Raises:
       ValueError: a path that does not exist, holds no records, is not a
@@ -69,7 +71,8 @@ def load_records(paths: Iterable[str | os.PathLike]) -> list[dict]:
     records, origin = [], {}
     for path in map(Path, paths):
         if path.is_dir():
-            files = sorted(path.rglob("*.jsonl"))
+            # A human-labelled run keeps its labels beside its records.
+            files = sorted(f for f in path.rglob("*.jsonl") if f.name != HUMAN_LABELS_FILE)
         elif path.is_file():
             if path.suffix != ".jsonl":
                 raise ValueError(f"Unknown file {path}: expected a run's results.jsonl "
@@ -98,24 +101,17 @@ def load_records(paths: Iterable[str | os.PathLike]) -> list[dict]:
 
 
 def _read_jsonl(file: Path) -> list[dict]:
-    *lines, tail = file.read_text(encoding="utf-8").split("\n")
-    records = []
-    for number, line in enumerate(lines + [tail], 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            if number == len(lines) + 1:
-                continue  # no newline yet: a run is writing this line right now
-            raise ValueError(f"{file}:{number} is not JSON ({error.msg}); expected a "
-                             "results.jsonl of npc_jax.loop.") from None
-        missing = [k for k in _REQUIRED_KEYS if not isinstance(record, dict) or k not in record]
+    try:
+        file_records = read_jsonl(file)
+    except RecordsError as error:
+        raise ValueError(f"{error} Expected a results.jsonl of npc_jax.loop.") from None
+    for number, record in enumerate(file_records, 1):
+        missing = [k for k in _REQUIRED_KEYS if k not in record]
         if missing:
-            raise ValueError(f"{file}:{number} is not a run record (it lacks {', '.join(missing)}); "
-                             "expected the results.jsonl records of npc_jax.loop (DESIGN.md §5).")
-        records.append(record)
-    return records
+            raise ValueError(f"{file}: record {number} is not a run record (it lacks "
+                             f"{', '.join(missing)}); expected the results.jsonl records of "
+                             "npc_jax.loop (DESIGN.md §5).")
+    return file_records
 
 
 def _rows(records: Sequence[dict]) -> list[Row]:
@@ -172,7 +168,9 @@ def summarize(records: Sequence[dict]) -> dict:
     label_counts = {mode: sorted(label_counts[mode]) for mode in _modes(records)}
     rows = {}
     for row in _rows(records):
-        curves = {seed: {r["num_labels"]: 100.0 * r["test_accuracy"] for r in by_round.values()}
+        # Rounds without a test accuracy (data with no labelled test split) are skipped.
+        curves = {seed: {r["num_labels"]: 100.0 * r["test_accuracy"] for r in by_round.values()
+                         if r["test_accuracy"] is not None}
                   for seed, by_round in sorted(grouped[row].items())}
         counts = label_counts[row[0]]
         cells = {n: mean_std(c[n] for c in curves.values() if n in c)
@@ -207,7 +205,7 @@ def paired_differences(records: Sequence[dict], baseline: str = "passive") -> di
             continue
         mine = grouped[(mode, strategy)]
         acc = lambda by_round: {r["num_labels"]: 100.0 * r["test_accuracy"]
-                                for r in by_round.values()}
+                                for r in by_round.values() if r["test_accuracy"] is not None}
         per_count = collections.defaultdict(list)
         for seed in sorted(set(mine) & set(base)):
             a, b = acc(mine[seed]), acc(base[seed])
@@ -603,8 +601,13 @@ def write_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike)
     """Reads the records under `paths`, writes report.md and the figures; returns their paths."""
     records = load_records(paths)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; give a directory for report.md and the "
+                         "figures.")
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = plot_accuracy_curves(summarize(records), out_dir / "accuracy")
+    written = []
+    if any(r["test_accuracy"] is not None for r in records):   # else: no test split
+        written += plot_accuracy_curves(summarize(records), out_dir / "accuracy")
     names, iou = label_set_iou(records)
     written += plot_label_iou(names, iou, out_dir / "label_iou")
     names, counts, num_seeds = acquired_class_counts(records)

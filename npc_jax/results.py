@@ -1,58 +1,18 @@
-"""Run records (results.jsonl), summary tables and plots.
+"""Run records (results.jsonl): reading them, summary tables and plots.
 
-One JSON object per (mode, strategy, seed, round); see DESIGN.md §5. Appends
-write one whole line and fsync it, so a run killed at any moment leaves every
-finished round on disk; a torn last line (killed mid-write) is dropped when
-the log is reopened.
+One JSON object per (mode, strategy, seed, round); see DESIGN.md §5. The file
+rules (whole fsync'd lines, readers that never modify, repairs only when a
+log is opened to append) live in `npc_jax.records`.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Iterable
 
+from npc_jax.records import read_jsonl
 
-
-class ResultsLog:
-    """Append-only JSONL file of round records."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._drop_torn_tail()
-
-    def _drop_torn_tail(self):
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(self.path, "r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
-
-    def append(self, record: dict) -> None:
-        line = json.dumps(record, sort_keys=True) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-
-    def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        with open(self.path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-
-
-def write_atomically(path: str | os.PathLike, data: bytes) -> None:
-    """Writes `data` to a temporary file, fsyncs it, and renames it over `path`."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+__all__ = ["format_table", "plot_accuracy", "read_records"]
 
 
 def read_records(paths: Iterable[str | os.PathLike]) -> list[dict]:
@@ -60,7 +20,7 @@ def read_records(paths: Iterable[str | os.PathLike]) -> list[dict]:
     records = []
     for path in paths:
         path = Path(path)
-        records += ResultsLog(path / "results.jsonl" if path.is_dir() else path).read()
+        records += read_jsonl(path / "results.jsonl" if path.is_dir() else path)
     return records
 
 

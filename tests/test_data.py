@@ -254,7 +254,8 @@ def _ragged_images():
     (dict(x=X_OK.astype(np.int16), y=Y_OK), "dtype int16; images must be uint8"),
     (dict(x=_ragged_images(), y=Y_OK), "cannot be loaded without pickle"),
     (dict(x=X_OK, y=Y_OK * 2), r"class\(es\) \[1\] have no training example"),
-    (dict(x=X_OK, y=Y_OK, x_test=X_OK, y_test=Y_OK + 1), r"class\(es\) \[2\] have no training"),
+    (dict(x=X_OK, y=Y_OK, x_test=X_OK, y_test=Y_OK + 1),
+     r"y_test \(the test split\) holds class\(es\) \[2\] that y \(the pool\) never has"),
     (dict(x=X_OK, y=Y_OK, x_test=X_OK), "only one of x_test / y_test"),
     (dict(x=X_OK, y=Y_OK, x_test=X_OK[:, :3], y_test=Y_OK), "same image shape and dtype"),
     (dict(x=X_OK, y=Y_OK, x_test=X_OK, y_test=Y_OK[:5]), "y_test has 5 labels"),
@@ -268,10 +269,10 @@ def test_npz_missing_or_not_an_archive(tmp_path):
     with pytest.raises(DataError, match="not found"):
         load_dataset(f"npz:{tmp_path / 'absent.npz'}")
     np.save(tmp_path / "one.npy", X_OK)
-    with pytest.raises(DataError, match="single array, not an .npz"):
+    with pytest.raises(DataError, match=r"single array \(.npy\), not an .npz"):
         load_dataset(f"npz:{tmp_path / 'one.npy'}")
     (tmp_path / "junk.npz").write_bytes(b"not a zip file at all")
-    with pytest.raises(DataError, match="Could not read"):
+    with pytest.raises(DataError, match=r"is not an .npz archive \(not a zip file"):
         load_dataset(f"npz:{tmp_path / 'junk.npz'}")
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from npc_jax import labelling, loop, results
+from npc_jax import labelling, loop, records, results
 from npc_jax.data import DataError
 
 import toy_config
@@ -19,8 +19,10 @@ import toy_config
 ROOT = Path(__file__).resolve().parents[1]
 CLASS_NAMES = ("zero", "one", "two", "three")
 # Fields that differ between an oracle run and a human run of the same labels.
+# dataset_fingerprint: a human run's pool has no labels (hidden), an oracle's has
+# them, so the two fingerprint different data by design.
 VOLATILE = ("acquisition_seconds", "train_seconds", "train_metrics", "config_hash",
-            "labels_from", "labeled_labels", "test_split")
+            "labels_from", "labeled_labels", "test_split", "dataset_fingerprint")
 
 
 def _write_dataset(path, *, with_pool_labels=True, n_train=160, n_test=40, seed=0):
@@ -206,7 +208,7 @@ def workdir(pending_workdir, tmp_path):
     shutil.copytree(pending_workdir, copy)
     pending = labelling.read_pending(copy)
     pending["csv"] = str(copy / "queries" / "query_000.csv")
-    results.write_atomically(copy / "queries" / "pending.json", json.dumps(pending).encode())
+    records.write_atomically(copy / "queries" / "pending.json", json.dumps(pending).encode())
     return copy
 
 

@@ -37,6 +37,7 @@ def get_config(arg: str = "assl"):
     config.dataset = "fashion_mnist"
     config.data_dir = ""
     config.model = "cnn"
+    config.model_dtype = "float32"      # compute dtype; bfloat16 is for wrn28_2 on GPUs
     config.mode = arg
     config.strategies = "passive,npc"
     config.seeds = "0,1,2"
@@ -45,6 +46,7 @@ def get_config(arg: str = "assl"):
     config.rounds = 3
     config.validation_size = 0
     config.train_steps = 1000
+    config.initial_trainings = 1        # the round-0 model: median of this many trainings
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 32

@@ -35,7 +35,13 @@ def make_strategy(name: str, **options) -> Strategy:
     """The strategy registered under `name`, built with `options`."""
     if name not in _REGISTRY:
         raise ValueError(f"Unknown strategy {name!r}; available: {', '.join(available())}.")
-    return _REGISTRY[name](**options)
+    try:
+        return _REGISTRY[name](**options)
+    except TypeError as error:
+        if "argument" not in str(error):   # a TypeError from inside the factory
+            raise
+        raise ValueError(f"Strategy {name!r} does not take the options {sorted(options)} "
+                         f"({error}); check config.strategy_options.{name}.") from None
 
 
 register("passive", Passive)
