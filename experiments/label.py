@@ -69,6 +69,8 @@ def main(argv):
         print()
         print(stop.instructions(_import_command(stop.export.csv)))
         return
+    except ValueError as error:   # config, data and workdir errors name their fix
+        sys.exit(f"error: {error}")
     measured = [r for r in records if r["test_accuracy"] is not None]
     print()
     if measured:
