@@ -189,6 +189,13 @@ class Model:
             variables, x, train=True, mutable=["batch_stats"])
         return updates["batch_stats"]
 
+    def features_train(self, variables: Variables, x: jax.Array):
+        """Train-mode penultimate features (B, D) and the updated ``batch_stats``
+        (self-supervised pretraining trains the encoder through these)."""
+        (_, features), updates = self.module.apply(
+            variables, x, train=True, return_features=True, mutable=["batch_stats"])
+        return features, updates["batch_stats"]
+
     def apply_train(self, variables: Variables, x: jax.Array):
         """Train-mode logits (B, C) and the updated ``batch_stats``."""
         logits, updates = self.module.apply(

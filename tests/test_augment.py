@@ -492,3 +492,49 @@ def test_cutout_of_size_zero_is_identity():
     images = random_images(GREY_SHAPE)
     np.testing.assert_array_equal(cutout(key(0), images, size_fraction=0.0),
                                   images)
+
+
+# -- self-supervised views --------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(6, 28, 20, 1), (4, 32, 32, 3)])
+def test_random_resized_crop_is_pils_bilinear_resize_of_the_box(shape):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = rng.random(shape).astype(np.float32)
+    key = jax.random.PRNGKey(3)
+    out = np.asarray(augment.random_resized_crop(key, images, scale=(0.1, 0.9)))
+    boxes = np.asarray(augment.crop_boxes(key, shape[0], shape[1], shape[2], scale=(0.1, 0.9)))
+    assert out.shape == shape and out.dtype == np.float32
+    for image, view, (top, left, h, w) in zip(images, out, boxes):
+        assert 0 <= top and top + h <= shape[1] + 1e-4 and 0 <= left and left + w <= shape[2] + 1e-4
+        for c in range(shape[3]):
+            reference = Image.fromarray(image[:, :, c], mode="F").resize(
+                (shape[2], shape[1]), Image.BILINEAR, box=(left, top, left + w, top + h))
+            np.testing.assert_allclose(view[:, :, c], np.asarray(reference), atol=1e-5)
+
+
+def test_crop_boxes_follow_the_area_and_ratio_ranges():
+    boxes = np.asarray(augment.crop_boxes(jax.random.PRNGKey(0), 4000, 28, 28,
+                                          scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)))
+    area = boxes[:, 2] * boxes[:, 3] / 28 ** 2
+    unclipped = (boxes[:, 2] < 28) & (boxes[:, 3] < 28)
+    assert area.min() >= 0.2 - 1e-5 and area.max() <= 1.0 + 1e-5
+    ratio = boxes[unclipped, 3] / boxes[unclipped, 2]
+    assert ratio.min() >= 3 / 4 - 1e-4 and ratio.max() <= 4 / 3 + 1e-4
+    assert abs(np.median(area) - 0.6) < 0.05          # roughly uniform on [0.2, 1]
+
+
+def test_contrastive_view_identity_settings_and_randomness():
+    images = np.random.default_rng(1).random((8, 28, 28, 1)).astype(np.float32)
+    key = jax.random.PRNGKey(0)
+    # A full-image box at ratio 1 samples every pixel at its own centre.
+    identity = augment.random_resized_crop(key, images, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    np.testing.assert_allclose(np.asarray(identity), images, atol=1e-6)
+    views = np.asarray(augment.contrastive_view(key, images))
+    again = np.asarray(augment.contrastive_view(key, images))
+    other = np.asarray(augment.contrastive_view(jax.random.PRNGKey(1), images))
+    assert views.shape == images.shape and views.min() >= 0 and views.max() <= 1
+    np.testing.assert_array_equal(views, again)
+    assert not np.allclose(views, other)

@@ -102,8 +102,10 @@ __all__ = [
     "FIXMATCH_OP_RANGES",
     "GREY",
     "apply_op",
+    "contrastive_view",
     "cutout",
     "op_value",
+    "random_resized_crop",
     "randaugment",
     "strong_augment",
     "weak_augment",
@@ -731,6 +733,108 @@ def strong_augment(key: jax.Array, images: jax.Array, *, flip: bool = True,
     if side == 0:
         return out
     return cutout(cutout_key, out, size_fraction=cutout_fraction)
+
+
+# --------------------------------------------------------------------------
+# Views for self-supervised pretraining (SimCLR-style).
+
+
+def _crop_resize_one(image: jax.Array, box: jax.Array) -> jax.Array:
+    """Bilinear resize of the crop ``box = (top, left, h, w)`` (floats, pixels) of
+    one (H, W, C) image back to (H, W); samples outside the image take the
+    nearest edge pixel."""
+    height, width = image.shape[:2]
+    top, left, h, w = box[0], box[1], box[2], box[3]
+    ys = top + (jnp.arange(height, dtype=jnp.float32) + 0.5) * (h / height) - 0.5
+    xs = left + (jnp.arange(width, dtype=jnp.float32) + 0.5) * (w / width) - 0.5
+    y0, x0 = jnp.floor(ys), jnp.floor(xs)
+    wy, wx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+    y0 = y0.astype(jnp.int32)
+    x0 = x0.astype(jnp.int32)
+    rows = lambda y: image[jnp.clip(y, 0, height - 1)]          # (H, W, C)
+    cols = lambda block, x: block[:, jnp.clip(x, 0, width - 1)]
+    upper, lower = rows(y0), rows(y0 + 1)
+    upper = cols(upper, x0) * (1 - wx) + cols(upper, x0 + 1) * wx
+    lower = cols(lower, x0) * (1 - wx) + cols(lower, x0 + 1) * wx
+    return upper * (1 - wy) + lower * wy
+
+
+def crop_boxes(key: jax.Array, batch: int, height: int, width: int, *,
+               scale: tuple[float, float] = (0.2, 1.0),
+               ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> jax.Array:
+    """Random crop boxes (B, 4) float32 ``(top, left, h, w)`` in pixels.
+
+    Area fraction uniform on `scale`, aspect ratio w/h log-uniform on `ratio`
+    (torchvision's RandomResizedCrop, but with continuous boxes and no
+    retries: a side longer than the image is clipped to it); the box lies
+    inside the image, its position uniform.
+    """
+    area_key, ratio_key, y_key, x_key = jax.random.split(key, 4)
+    area = jax.random.uniform(area_key, (batch,), minval=scale[0], maxval=scale[1])
+    log_ratio = jax.random.uniform(ratio_key, (batch,), minval=math.log(ratio[0]),
+                                   maxval=math.log(ratio[1]))
+    aspect = jnp.exp(log_ratio)
+    w = jnp.clip(jnp.sqrt(area * aspect) * width, 1.0, width)
+    h = jnp.clip(jnp.sqrt(area / aspect) * height, 1.0, height)
+    top = jax.random.uniform(y_key, (batch,)) * (height - h)
+    left = jax.random.uniform(x_key, (batch,)) * (width - w)
+    return jnp.stack([top, left, h, w], axis=1)
+
+
+def random_resized_crop(key: jax.Array, images: jax.Array, *,
+                        scale: tuple[float, float] = (0.2, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> jax.Array:
+    """A random crop of each image (`crop_boxes`), resized back bilinearly.
+
+    Args:
+      key: a PRNG key; each sample gets its own box.
+      images: (B, H, W, C) float in [0, 1].
+      scale: range of the crop's area as a fraction of the image's.
+      ratio: range of the crop's aspect ratio (width / height).
+
+    Returns:
+      (B, H, W, C) float32. Where the crop is at most the image in both sides
+      (always, by construction) this is PIL's ``Image.resize((W, H),
+      BILINEAR, box=(left, top, left + w, top + h))`` on each channel.
+    """
+    _check_images(images)
+    batch, height, width = images.shape[:3]
+    boxes = crop_boxes(key, batch, height, width, scale=scale, ratio=ratio)
+    return jax.vmap(_crop_resize_one)(images.astype(jnp.float32), boxes)
+
+
+def contrastive_view(key: jax.Array, images: jax.Array, *,
+                     scale: tuple[float, float] = (0.2, 1.0), flip: bool = True,
+                     jitter_probability: float = 0.8, jitter: float = 0.4) -> jax.Array:
+    """A SimCLR-style view: random resized crop, flip, brightness/contrast jitter.
+
+    Each sample: `random_resized_crop` with `scale`; mirrored left-right with
+    probability 1/2 (if `flip`); with probability `jitter_probability`, its
+    brightness and contrast each multiplied by a factor uniform on
+    [1 − jitter, 1 + jitter] (contrast about the image's mean), then clipped
+    to [0, 1]. Hue and saturation jitter are left out: they do nothing to
+    grey images (Fashion-MNIST), and the colour ops of `randaugment` serve RGB.
+
+    Args:
+      key: a PRNG key.
+      images: (B, H, W, C) float in [0, 1].
+
+    Returns:
+      (B, H, W, C) float32 in [0, 1].
+    """
+    crop_key, flip_key, apply_key, bright_key, contrast_key = jax.random.split(key, 5)
+    views = random_resized_crop(crop_key, images, scale=scale)
+    batch = views.shape[0]
+    if flip:
+        mirrored = jax.random.bernoulli(flip_key, 0.5, (batch,))
+        views = jnp.where(mirrored[:, None, None, None], views[:, :, ::-1], views)
+    apply = jax.random.bernoulli(apply_key, jitter_probability, (batch,))[:, None, None, None]
+    factor = lambda k: jax.random.uniform(k, (batch, 1, 1, 1), minval=1 - jitter,
+                                          maxval=1 + jitter)
+    jittered = views * factor(bright_key)
+    mean = jnp.mean(jittered, axis=(1, 2, 3), keepdims=True)
+    jittered = (jittered - mean) * factor(contrast_key) + mean
+    return jnp.clip(jnp.where(apply, jittered, views), 0.0, 1.0)
 
 
 def _benchmark(repeats: int = 20) -> None:

@@ -1,0 +1,51 @@
+"""P8: self-supervised pretraining of the small CNN on the Fashion-MNIST pool.
+
+SimCLR (NT-Xent, τ 0.2) on two views per image (random resized crop of 20-100 %
+of the area, flip, brightness/contrast jitter), AdamW 2e-3 with warm-up and
+cosine decay, batch 256 (512 views), projection head 128 -> 256 -> 64. No
+label is used: the pool's labels are read only by the evaluation, on labeled
+subsets of 1, 5 and 10 per class (and all), against a 5k validation split of
+the pool and the test split.
+
+Command:
+    python experiments/pretrain.py --config experiments/configs/pretrain_fmnist.py \
+        --workdir runs/pretrain_cache
+
+Runtime and expected result: see BENCHMARKS.md P8 (measured numbers, with the
+method comparison on the validation split). `:quick` is a 200-step smoke
+version (~1 min).
+"""
+import ml_collections
+
+
+def get_config(arg: str = ""):
+    config = ml_collections.ConfigDict()
+    config.dataset = "fashion_mnist"
+    config.data_dir = ""
+    config.model = "cnn"
+    config.seed = 0
+
+    config.pretrain = ml_collections.ConfigDict()
+    config.pretrain.method = "simclr"
+    config.pretrain.steps = 4000
+    config.pretrain.batch_size = 256
+    config.pretrain.lr = 2e-3
+    config.pretrain.weight_decay = 1e-4
+    config.pretrain.warmup_steps = 100
+    config.pretrain.temperature = 0.2
+    config.pretrain.projection_dim = 64
+    config.pretrain.hidden_dim = 256
+    config.pretrain.crop_scale = (0.2, 1.0)
+    config.pretrain.flip = True
+    config.pretrain.jitter = 0.4
+
+    config.checkpoint_every = 200
+    config.evaluation = ml_collections.ConfigDict()
+    config.evaluation.per_class = (1, 5, 10)   # plus all labels
+    config.evaluation.draws = 5
+    config.evaluation.validation_size = 5000
+    if arg == "quick":
+        config.pretrain.steps = 200
+        config.pretrain.warmup_steps = 20
+        config.evaluation.draws = 2
+    return config

@@ -1,0 +1,197 @@
+"""Self-supervised pretraining: the losses by hand, a falling loss, the cache, resume."""
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import toy_config
+from npc_jax import pretraining, records
+from npc_jax.data import DataError, load_dataset
+from npc_jax.models import get_model
+from npc_jax.ssl import pretrain as ssl_pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- the losses against numpy -------------------------------------------------------
+
+def _numpy_nt_xent(z, tau):
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    n = len(z)
+    total = 0.0
+    for i in range(n):
+        j = (i + n // 2) % n
+        others = [np.exp(z[i] @ z[k] / tau) for k in range(n) if k != i]
+        total += -np.log(np.exp(z[i] @ z[j] / tau) / np.sum(others))
+    return total / n
+
+
+def test_nt_xent_matches_a_plain_numpy_loop():
+    z = np.random.default_rng(0).normal(size=(8, 5))
+    got = float(ssl_pretrain.nt_xent_loss(jnp.asarray(z, jnp.float32), 0.3))
+    np.testing.assert_allclose(got, _numpy_nt_xent(z, 0.3), rtol=1e-5)
+    # Identical views of well separated images: the loss approaches its floor.
+    e = np.eye(4)
+    assert float(ssl_pretrain.nt_xent_loss(jnp.asarray(np.concatenate([e, e])), 0.05)) < 1e-6
+
+
+def test_simsiam_loss_matches_numpy_and_stops_the_gradient_at_z():
+    rng = np.random.default_rng(1)
+    z, p = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
+    cos = lambda a, b: a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+    expected = -np.mean([cos(p[i], z[(i + 3) % 6]) for i in range(6)])
+    got = ssl_pretrain.simsiam_loss(jnp.asarray(z), jnp.asarray(p))
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+    grad_z, grad_p = jax.grad(ssl_pretrain.simsiam_loss, argnums=(0, 1))(jnp.asarray(z),
+                                                                         jnp.asarray(p))
+    assert not np.any(np.asarray(grad_z)) and np.any(np.asarray(grad_p))
+
+
+# -- a tiny pretraining -------------------------------------------------------------
+
+TINY = ssl_pretrain.PretrainConfig(steps=60, batch_size=32, lr=3e-3, warmup_steps=5,
+                                   hidden_dim=32, projection_dim=16)
+
+
+def _tiny_model(num_classes=4, side=28):
+    return get_model("cnn", num_classes, (side, side, 1), widths=(8, 8, 8, 8), feature_dim=16)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    x, y = toy_config.bar_images(128, 4, rng)
+    path = tmp_path_factory.mktemp("data") / "toy.npz"
+    np.savez(path, x=x, y=y, x_test=x[:16], y_test=y[:16])
+    return path, load_dataset(f"npz:{path}")
+
+
+@pytest.mark.parametrize("method", ["simclr", "simsiam"])
+def test_the_loss_of_a_tiny_pretraining_falls(toy, tmp_path, method):
+    _, dataset = toy
+    config = dataclasses.replace(TINY, method=method)
+    result = pretraining.pretrain(_tiny_model(), config, dataset, tmp_path, chunk_steps=10,
+                                  log=lambda _: None)
+    history = records.read_jsonl(result.path / "history.jsonl")
+    assert [h["step"] for h in history] == list(range(10, 61, 10))
+    assert history[-1]["loss"] < history[0]["loss"] - 0.03, history
+    assert history[-1]["positive_similarity"] > history[0]["positive_similarity"]
+
+
+def test_cache_hit_miss_and_the_stored_weights(toy, tmp_path):
+    _, dataset = toy
+    said = []
+    first = pretraining.pretrain(_tiny_model(), TINY, dataset, tmp_path, log=said.append)
+    second = pretraining.pretrain(_tiny_model(), TINY, dataset, tmp_path, log=said.append)
+    assert not first.hit and second.hit and first.path == second.path
+    assert said[0].startswith("pretraining cache miss") and said[1].startswith(
+        "pretraining cache hit")
+    for a, b in zip(jax.tree_util.tree_leaves(first.variables),
+                    jax.tree_util.tree_leaves(second.variables)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert sorted(p.name for p in first.path.iterdir()) == [
+        records.LOCK_FILE, "encoder.msgpack", "history.jsonl", "meta.json"]
+
+
+def test_the_cache_key_changes_with_each_field_that_matters_and_only_those(toy):
+    _, dataset = toy
+    fingerprint, model = dataset.fingerprint(), _tiny_model()
+    base = pretraining.cache_key(fingerprint, model, TINY, 0)
+    changes = {"method": "simsiam", "steps": 61, "batch_size": 16, "lr": 1e-3,
+               "weight_decay": 0.0, "warmup_steps": 6, "temperature": 0.5,
+               "projection_dim": 8, "hidden_dim": 64, "crop_scale": (0.3, 1.0), "flip": False,
+               "jitter": 0.2}
+    assert set(changes) == {f.name for f in dataclasses.fields(TINY)}
+    keys = {base}
+    for field, value in changes.items():
+        keys.add(pretraining.cache_key(fingerprint, model, dataclasses.replace(
+            TINY, **{field: value}), 0))
+    keys.add(pretraining.cache_key(fingerprint, model, TINY, 1))                 # seed
+    keys.add(pretraining.cache_key("0" * 16, model, TINY, 0))                    # data
+    keys.add(pretraining.cache_key(fingerprint, _tiny_model(num_classes=5), TINY, 0))
+    keys.add(pretraining.cache_key(fingerprint, _tiny_model(side=20), TINY, 0))
+    keys.add(pretraining.cache_key(fingerprint, get_model("cnn", 4), TINY, 0))  # widths
+    assert len(keys) == 1 + len(changes) + 5
+    # Equal recipes written differently give the same key.
+    same = dataclasses.replace(TINY, crop_scale=[0.2, 1])
+    assert pretraining.cache_key(fingerprint, model, same, 0) == base
+
+
+def test_checkpoints_of_other_data_or_networks_are_refused(toy, tmp_path):
+    path, dataset = toy
+    result = pretraining.pretrain(_tiny_model(), TINY, dataset, tmp_path, log=lambda _: None)
+    other_data = dataclasses.replace(dataset, x_train=dataset.x_train[::-1].copy())
+    with pytest.raises(DataError, match=r"made for another network or data: "
+                                        r"dataset_fingerprint"):
+        pretraining.load_pretrained(result.path, _tiny_model(), other_data)
+    for model, field in ((_tiny_model(num_classes=5), "num_classes"),
+                         (_tiny_model(side=20), "input_shape"),
+                         (get_model("cnn", 4), "module")):
+        with pytest.raises(DataError, match=f"another network or data: .*{field}"):
+            pretraining.load_pretrained(result.path, model, dataset)
+    weights = result.path / "encoder.msgpack"
+    weights.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(DataError, match=r"encoder.msgpack is damaged or truncated .*delete"):
+        pretraining.load_pretrained(result.path, _tiny_model(), dataset)
+    with pytest.raises(DataError, match=r"holds no finished pretraining"):
+        pretraining.load_pretrained(tmp_path / "nothing", _tiny_model(), dataset)
+
+
+def test_an_unwritable_cache_is_refused_before_training(toy, tmp_path, monkeypatch):
+    import errno
+    import pathlib
+
+    _, dataset = toy
+
+    def refuse(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", refuse)
+    with pytest.raises(records.RecordsError, match=r"pretraining cache directory .* not "
+                                                   r"writable"):
+        pretraining.pretrain(_tiny_model(), TINY, dataset, tmp_path, log=lambda _: None)
+
+
+def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(toy, tmp_path):
+    path, dataset = toy
+    steps = 300
+    overrides = [f"--config.dataset=npz:{path}", f"--config.pretrain.steps={steps}",
+                 "--config.pretrain.batch_size=16", "--config.pretrain.warmup_steps=5",
+                 "--config.pretrain.hidden_dim=32", "--config.pretrain.projection_dim=16",
+                 "--config.checkpoint_every=20", "--noevaluate"]
+    command = [sys.executable, str(ROOT / "experiments" / "pretrain.py"),
+               f"--config={ROOT / 'experiments' / 'configs' / 'pretrain_fmnist.py'}"]
+    reference = subprocess.run(command + [f"--workdir={tmp_path / 'ref'}"] + overrides,
+                               capture_output=True, text=True, timeout=600)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(command + [f"--workdir={killed}"] + overrides,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if list(killed.glob("*/progress.msgpack")):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before a checkpoint; use more steps"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    [entry] = list(killed.iterdir())
+    assert not (entry / "meta.json").exists()                 # nothing half-finished
+    resumed = subprocess.run(command + [f"--workdir={killed}"] + overrides,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    meta = json.loads((entry / "meta.json").read_text())
+    assert 0 < meta["resumed_from_step"] < steps
+    [reference_entry] = list((tmp_path / "ref").iterdir())
+    assert reference_entry.name == entry.name
+    assert (entry / "encoder.msgpack").read_bytes() == (
+        reference_entry / "encoder.msgpack").read_bytes()
