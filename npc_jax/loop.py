@@ -29,6 +29,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import flax.serialization
 import jax
@@ -47,7 +48,9 @@ _SUBSET_FIELDS = ("strategies", "seeds", "strategy_options")
 # Fields added to the configs after records were made with their default
 # behaviour: at these values they stay out of the hash, so that older
 # workdirs (the committed L1 records) resume under the configs of today.
-_HASH_NEUTRAL_DEFAULTS = {"model_dtype": "float32", "initial_trainings": 1}
+_HASH_NEUTRAL_DEFAULTS = {"model_dtype": "float32", "initial_trainings": 1, "init": "scratch"}
+# Where things are kept, not what is computed: outside the hash.
+_LOCATION_FIELDS = ("pretrain_cache",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +72,10 @@ class RunSettings:
     initial_trainings: int
     train: train.TrainConfig
     strategy_options: dict
+    init: str                 # "scratch" | "pretrained"
+    pretrain: Any             # ssl.pretrain.PretrainConfig when init == "pretrained"
+    pretrain_seed: int
+    pretrain_cache: str
     config: dict
     config_hash: str
 
@@ -119,6 +126,18 @@ class RunSettings:
         if initial_trainings < 1 or initial_trainings % 2 == 0:
             raise ValueError("config.initial_trainings must be a positive odd number (the "
                              f"round-0 model is the median of that many), got {initial_trainings}.")
+        init = str(cfg.get("init", "scratch"))
+        if init not in ("scratch", "pretrained"):
+            raise ValueError("config.init must be 'scratch' (every training from a random "
+                             "initialisation) or 'pretrained' (fine-tune from the "
+                             f"self-supervised pretraining of config.pretrain), got {init!r}.")
+        pretrain = None
+        if init == "pretrained":
+            from npc_jax import pretraining
+            if not cfg.get("pretrain"):
+                raise ValueError("config.init='pretrained' needs a config.pretrain section (the "
+                                 "recipe, e.g. experiments/configs/pretrain_fmnist.py's).")
+            pretrain = pretraining.config_from_dict(cfg["pretrain"])
         train_fields = dict(cfg.get("train", {}))
         train_fields["steps"] = int(cfg["train_steps"])
         train_fields["method"] = "fixmatch" if mode == "assl" else "supervised"
@@ -126,7 +145,7 @@ class RunSettings:
         for name in options:
             if name not in strategies.available():
                 raise ValueError(f"config.strategy_options names unknown strategy {name!r}.")
-        relevant = {k: v for k, v in cfg.items() if k not in _SUBSET_FIELDS
+        relevant = {k: v for k, v in cfg.items() if k not in _SUBSET_FIELDS + _LOCATION_FIELDS
                     and not (k in _HASH_NEUTRAL_DEFAULTS and v == _HASH_NEUTRAL_DEFAULTS[k])}
         if labels == "human":   # only then: oracle workdirs keep their hash
             relevant["labels"] = labels
@@ -139,6 +158,9 @@ class RunSettings:
                    validation_size=int(cfg.get("validation_size", 0)),
                    initial_trainings=initial_trainings,
                    train=train.TrainConfig(**train_fields), strategy_options=options,
+                   init=init, pretrain=pretrain,
+                   pretrain_seed=int(cfg.get("pretrain_seed", 0)),
+                   pretrain_cache=str(cfg.get("pretrain_cache") or "runs/pretrain_cache"),
                    config=cfg, config_hash=digest)
 
     @property
@@ -151,6 +173,18 @@ class _Runner:
                  labeller: labelling.Labeller, progress: bool):
         self.s = settings
         self.fingerprint = dataset.fingerprint()   # of the data as loaded, before carving
+        dtype = {} if settings.model_dtype == "float32" else {"dtype": settings.model_dtype}
+        self.model: Model = get_model(settings.model, dataset.num_classes, dataset.image_shape,
+                                      **dtype)
+        self.init_variables, self.pretraining = None, None
+        if settings.init == "pretrained":   # the whole pool, before any validation carve
+            from npc_jax import pretraining
+            result = pretraining.pretrain(self.model, settings.pretrain, dataset,
+                                          settings.pretrain_cache, seed=settings.pretrain_seed,
+                                          progress=progress)
+            self.init_variables = result.variables
+            self.pretraining = {"key": result.path.name, "method": settings.pretrain.method,
+                                "steps": settings.pretrain.steps, "seed": settings.pretrain_seed}
         self.validation = None
         if settings.validation_size:
             dataset, x_val, y_val = carve_validation(dataset, settings.validation_size)
@@ -162,9 +196,6 @@ class _Runner:
         # one; an unlabelled npz has none, and its records hold null accuracy.
         self.test = (dataset.x_test, dataset.y_test) if len(dataset.y_test) else None
         self.progress = progress
-        dtype = {} if settings.model_dtype == "float32" else {"dtype": settings.model_dtype}
-        self.model: Model = get_model(settings.model, dataset.num_classes, dataset.image_shape,
-                                      **dtype)
         self.log = records.JsonlLog(workdir / "results.jsonl")
         self.done = {}
         for record in self.log.read():
@@ -200,7 +231,7 @@ class _Runner:
             capacity=self.s.final_num_labels, diagnostic_labels=diagnostic_labels)
         state, history, seconds = train.timed_train(
             self.model, self.s.train, data, key, progress=self.progress,
-            description=description)
+            description=description, init_variables=self.init_variables)
         variables = jax.device_get(state.eval_variables)
         metrics = dict(history[-1]) if history else {}
         if diagnostic_labels is None:   # computed against unknown labels: meaningless
@@ -228,7 +259,10 @@ class _Runner:
                 return _read_checkpoint(weights, template), summary
         k = self.s.initial_trainings
         if not len(pool.labeled_indices):   # zero-shot: nothing to train on
-            variables = jax.device_get(self.model.init(key))
+            variables = self.model.init(key)
+            if self.init_variables is not None:
+                variables = train.start_from(variables, self.init_variables)
+            variables = jax.device_get(variables)
             summary = {**self._evaluation(variables), "train_seconds": 0.0, "train_metrics": {}}
         elif k == 1:
             variables, summary = self._train_and_evaluate(pool, key, f"seed {seed} round 0")
@@ -348,6 +382,7 @@ class _Runner:
                 "train_seconds": summary["train_seconds"],
                 "train_metrics": summary["train_metrics"],
                 "strategy_options": options,
+                "pretraining": self.pretraining,
                 "shared_initial_model": r == 0,
                 "initial_trainings": summary.get("initial_trainings") if r == 0 else None,
                 # Stateful strategies (e.g. a bandit) carry state across rounds.

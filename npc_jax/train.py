@@ -187,9 +187,41 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
                   nesterov=config.nesterov))
 
 
+def start_from(fresh, pretrained):
+    """`fresh` variables with every layer but the classifier taken from `pretrained`.
+
+    Fine-tuning from a self-supervised pretraining: the encoder (and its
+    BatchNorm statistics) start from the pretrained weights, the classifier
+    layer from `fresh` (its pretrained weights were never trained).
+
+    Args:
+      fresh: ``{"params", "batch_stats"}`` of a newly initialised network.
+      pretrained: the same tree for the same architecture.
+
+    Returns:
+      A new tree like `fresh`.
+    """
+    from npc_jax.models import CLASSIFIER
+
+    def merge(new, old):
+        shapes = lambda tree: jax.tree_util.tree_map(jnp.shape, tree)
+        if shapes(new) != shapes(old):
+            raise ValueError("The pretrained variables do not fit this network (another "
+                             "architecture or width); pretrain this model.")
+        return {name: (new[name] if name == CLASSIFIER else
+                       jax.tree_util.tree_map(jnp.asarray, old[name])) for name in new}
+
+    return {"params": merge(fresh["params"], pretrained["params"]),
+            "batch_stats": merge(fresh["batch_stats"], pretrained["batch_stats"])}
+
+
 def init_state(model: Model, config: TrainConfig, key: jax.Array,
-               num_pool: int) -> TrainState:
+               num_pool: int, init_variables=None) -> TrainState:
+    """A fresh training state; with `init_variables` (a pretraining), every layer
+    but the classifier starts from them (`start_from`)."""
     variables = model.init(key)
+    if init_variables is not None:
+        variables = start_from(variables, init_variables)
     params = variables["params"]
     use_darp = config.method == "fixmatch" and config.darp
     # Distinct buffers for every leaf: each step donates the whole state.
@@ -320,23 +352,25 @@ def _train_step(state: TrainState, data: TrainData, key: jax.Array, *,
 
 
 def train(model: Model, config: TrainConfig, data: TrainData, key: jax.Array, *,
-          progress: bool = False, description: str = "train"):
+          progress: bool = False, description: str = "train", init_variables=None):
     """Trains a fresh network; returns (TrainState, history).
 
     Args:
-      model: the network to train from scratch.
+      model: the network to train (from scratch, or from `init_variables`).
       config: hyperparameters.
       data: from `make_train_data`.
       key: the training's key; split here into ``init``, ``steps`` and
         ``recalibrate`` keys.
       progress: show a tqdm bar over the steps.
+      init_variables: a pretraining's variables to fine-tune from (the
+        classifier layer is initialised afresh from the key); None: scratch.
 
     Returns:
       The final state (evaluate ``state.eval_variables``) and a list of
       per-chunk metric dicts (means over the chunk, with the last step index).
     """
     init_key, steps_key, recalibrate_key = jax.random.split(key, 3)
-    state = init_state(model, config, init_key, data.images.shape[0])
+    state = init_state(model, config, init_key, data.images.shape[0], init_variables)
     history = []
     bar = None
     if progress:

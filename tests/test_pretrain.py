@@ -195,3 +195,54 @@ def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(toy, 
     assert reference_entry.name == entry.name
     assert (entry / "encoder.msgpack").read_bytes() == (
         reference_entry / "encoder.msgpack").read_bytes()
+
+
+# -- fine-tuning from it ------------------------------------------------------------
+
+def test_fine_tuning_starts_from_exactly_the_cached_weights_with_a_fresh_head(toy, tmp_path):
+    from npc_jax import train
+    from npc_jax.models import CLASSIFIER
+
+    _, dataset = toy
+    model = _tiny_model()
+    cached = pretraining.pretrain(model, TINY, dataset, tmp_path, log=lambda _: None)
+    reloaded = pretraining.load_pretrained(cached.path, model, dataset).variables
+    config = train.TrainConfig(steps=2, batch_size=4, mu=1)
+    key = jax.random.PRNGKey(5)
+    state = train.init_state(model, config, key, len(dataset.x_train), init_variables=reloaded)
+    fresh = model.init(key)
+    for name, params in state.params.items():
+        expected = fresh["params"][name] if name == CLASSIFIER else reloaded["params"][name]
+        for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(expected)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree_util.tree_leaves(state.batch_stats),
+                    jax.tree_util.tree_leaves(reloaded["batch_stats"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="do not fit this network"):
+        train.init_state(get_model("cnn", 4), config, key, 8, init_variables=reloaded)
+
+
+def test_the_loop_fine_tunes_from_the_named_pretraining(toy, tmp_path):
+    from npc_jax import loop
+
+    path, _ = toy
+    config = toy_config.get_config()
+    config.update({"dataset": f"npz:{path}", "strategies": "passive", "rounds": 1,
+                   "init": "pretrained", "pretrain_cache": str(tmp_path / "cache"),
+                   "pretrain": {**dataclasses.asdict(dataclasses.replace(TINY, steps=10)),
+                                "crop_scale": [0.2, 1.0]}})
+    scratch = toy_config.get_config()
+    scratch.update({"dataset": f"npz:{path}", "strategies": "passive", "rounds": 1})
+    assert (loop.RunSettings.from_config(config).config_hash
+            != loop.RunSettings.from_config(scratch).config_hash)
+    moved = config.copy_and_resolve_references()
+    moved.pretrain_cache = str(tmp_path / "elsewhere")          # a location, not a recipe
+    assert (loop.RunSettings.from_config(moved).config_hash
+            == loop.RunSettings.from_config(config).config_hash)
+    got = loop.run(config, tmp_path / "run", progress=False)
+    [entry] = list((tmp_path / "cache").iterdir())
+    assert {r["pretraining"]["key"] for r in got} == {entry.name}
+    from_scratch = loop.run(scratch, tmp_path / "scratch", progress=False)
+    assert from_scratch[0]["pretraining"] is None
+    assert got[0]["test_accuracy"] != from_scratch[0]["test_accuracy"] or (
+        got[0]["train_metrics"] != from_scratch[0]["train_metrics"])
