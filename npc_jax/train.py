@@ -24,7 +24,7 @@ import optax
 
 from npc_jax.data import images_to_float
 from npc_jax.models import Model
-from npc_jax.ssl import augment, darp, fixmatch
+from npc_jax.ssl import augment, darp, fixmatch, thresholds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +37,9 @@ class TrainConfig:
     lr, momentum, nesterov, weight_decay: SGD; decay on kernels only.
     ema_decay: decay of the weight average used for evaluation (0 disables).
     threshold: τ, pseudo-label confidence; lambda_u: weight of the unlabeled loss.
+    threshold_mode: "fixed" (FixMatch: τ) or "freematch" (FreeMatch's
+      self-adaptive class thresholds, `npc_jax.ssl.thresholds`, with EMA decay
+      `threshold_ema`; `threshold` is then unused).
     darp: refine pseudo-labels toward a uniform class distribution;
       darp_warmup: fraction of the steps before refinement starts;
       darp_every: steps between refinements; darp_iters: solver iterations.
@@ -65,6 +68,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     ema_decay: float = 0.999
     threshold: float = 0.95
+    threshold_mode: str = "fixed"
+    threshold_ema: float = 0.999
     lambda_u: float = 1.0
     darp: bool = True
     darp_warmup: float = 0.4
@@ -94,6 +99,12 @@ class TrainConfig:
                              f"[0, 1], got {self.supervised_warmup}.")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}.")
+        if self.threshold_mode not in ("fixed", "freematch"):
+            raise ValueError(f"TrainConfig.threshold_mode must be 'fixed' or 'freematch', got "
+                             f"{self.threshold_mode!r}.")
+        if not 0.0 <= self.threshold_ema < 1.0:
+            raise ValueError(f"TrainConfig.threshold_ema must be in [0, 1), got "
+                             f"{self.threshold_ema}.")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(
                 f"TrainConfig.threshold is a confidence in [0, 1] (FixMatch: 0.95), got "
@@ -139,6 +150,7 @@ class TrainState(flax.struct.PyTreeNode):
     ema_params: Any
     darp: darp.DarpState | None
     ema_batch_stats: Any = None  # BN statistics recomputed for ema_params
+    thresholds: thresholds.FreeMatchState | None = None  # threshold_mode="freematch"
 
     @property
     def eval_variables(self):
@@ -232,7 +244,9 @@ def init_state(model: Model, config: TrainConfig, key: jax.Array,
         batch_stats=variables["batch_stats"],
         opt_state=make_optimizer(config).init(params),
         ema_params=copy(params),
-        darp=copy(darp.darp_init(num_pool, model.num_classes)) if use_darp else None)
+        darp=copy(darp.darp_init(num_pool, model.num_classes)) if use_darp else None,
+        thresholds=(thresholds.freematch_init(model.num_classes)
+                    if config.threshold_mode == "freematch" else None))
 
 
 def _sample_labeled(key, data: TrainData, batch_size: int):
@@ -309,13 +323,20 @@ def fixmatch_step(state: TrainState, data: TrainData, key: jax.Array, *,
                                              active=darp_active)
         else:
             pseudo = weak_probs
+        threshold_state = state.thresholds
+        if threshold_state is None:
+            threshold = config.threshold
+        else:
+            threshold_state = thresholds.freematch_update(threshold_state, pseudo,
+                                                          config.threshold_ema)
+            threshold = thresholds.class_thresholds(threshold_state)
         loss_l = fixmatch.cross_entropy(logits_l, y_l)
-        loss_u, info = fixmatch.pseudo_label_loss(logits_strong, pseudo, config.threshold)
+        loss_u, info = fixmatch.pseudo_label_loss(logits_strong, pseudo, threshold)
         loss = loss_l + config.lambda_u * loss_u
-        return loss, (batch_stats, weak_probs, info, loss_l, loss_u)
+        return loss, (batch_stats, weak_probs, info, loss_l, loss_u, threshold_state)
 
-    (loss, (batch_stats, weak_probs, info, loss_l, loss_u)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+    (loss, (batch_stats, weak_probs, info, loss_l, loss_u, threshold_state)), grads = (
+        jax.value_and_grad(loss_fn, has_aux=True)(state.params))
 
     new_darp = state.darp
     if new_darp is not None:
@@ -336,7 +357,10 @@ def fixmatch_step(state: TrainState, data: TrainData, key: jax.Array, *,
         "pseudo_label_accuracy": jnp.sum(accepted * (info.pseudo_labels == true_u))
         / jnp.maximum(jnp.sum(accepted), 1.0),
     }
-    return _apply_updates(state, config, grads, batch_stats, darp=new_darp), metrics
+    if threshold_state is not None:
+        metrics["mean_threshold"] = jnp.mean(thresholds.class_thresholds(threshold_state))
+    return _apply_updates(state, config, grads, batch_stats, darp=new_darp,
+                          thresholds=threshold_state), metrics
 
 
 @functools.partial(jax.jit, static_argnames=("step_fn", "model", "config"),

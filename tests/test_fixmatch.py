@@ -193,3 +193,38 @@ def test_fixmatch_step_thresholds_and_trains_on_the_darp_refined_labels(weak_for
     assert float(after_warmup["pseudo_label_accuracy"]) == 1.0
     # The unlabeled loss is the strong views' cross-entropy against class 1.
     assert float(after_warmup["loss_unlabeled"]) > 0.0
+
+
+# ---------------------------------------------------------------------------
+# FreeMatch's self-adaptive thresholds, by hand.
+
+def test_freematch_thresholds_by_hand():
+    from npc_jax.ssl import thresholds
+
+    state = thresholds.freematch_init(3)
+    probs = jnp.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+    state = thresholds.freematch_update(state, probs, decay=0.5)
+    # τ = 0.5·(1/3) + 0.5·mean(0.7, 0.8, 0.6, 0.6) = 1/6 + 0.3375
+    np.testing.assert_allclose(float(state.global_confidence), 1 / 6 + 0.3375, rtol=1e-6)
+    # p̃ = 0.5·(1/3) + 0.5·(0.4, 0.375, 0.225)
+    expected_class = np.array([1 / 6 + 0.2, 1 / 6 + 0.1875, 1 / 6 + 0.1125])
+    np.testing.assert_allclose(np.asarray(state.class_confidence), expected_class, rtol=1e-6)
+    expected = expected_class / expected_class.max() * (1 / 6 + 0.3375)
+    got = thresholds.class_thresholds(state)
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-6)
+    # In the loss each row is held to the threshold of its own pseudo-label.
+    loss, info = fixmatch.pseudo_label_loss(jnp.zeros((4, 3)), probs, got)
+    confidence = np.asarray(probs).max(1)
+    np.testing.assert_array_equal(np.asarray(info.mask),
+                                  (confidence >= expected[[0, 1, 0, 2]]).astype(np.float32))
+    _, info = fixmatch.pseudo_label_loss(jnp.zeros((4, 3)), probs, jnp.array([0.9, 0.5, 0.3]))
+    np.testing.assert_array_equal(np.asarray(info.mask), [0.0, 1.0, 0.0, 1.0])
+
+
+def test_freematch_mode_trains_and_moves_its_thresholds():
+    config = dataclasses.replace(BARS, threshold_mode="freematch", threshold_ema=0.9)
+    semi, history, state = _pool_accuracy(config, 0)
+    supervised, _, _ = _pool_accuracy(dataclasses.replace(BARS, method="supervised"), 0)
+    assert semi - supervised > 0.1, (semi, supervised)
+    assert state.thresholds is not None
+    assert 0.5 < history[-1]["mean_threshold"] < 1.0      # from 1/C = 0.5 upwards

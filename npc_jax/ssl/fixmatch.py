@@ -26,14 +26,16 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def pseudo_label_loss(strong_logits: jax.Array, pseudo_distribution: jax.Array,
-                      threshold: float) -> tuple[jax.Array, UnlabeledLossInfo]:
+                      threshold) -> tuple[jax.Array, UnlabeledLossInfo]:
     """FixMatch's unlabeled loss.
 
     Args:
       strong_logits: (B_u, C) logits of the strongly augmented views.
       pseudo_distribution: (B_u, C) class distribution of the weak views (the
         softmax, or DARP's refinement of it); treated as a constant.
-      threshold: τ; samples whose max probability is below it are masked out.
+      threshold: τ, a scalar, or (C,) per-class thresholds (a sample is held
+        to the threshold of its pseudo-label, e.g. FreeMatch's); samples whose
+        max probability is below it are masked out.
 
     Returns:
       The loss Σ_b mask_b · CE(strong_b, argmax_b) / B_u (FixMatch averages over
@@ -42,6 +44,9 @@ def pseudo_label_loss(strong_logits: jax.Array, pseudo_distribution: jax.Array,
     pseudo_distribution = jax.lax.stop_gradient(pseudo_distribution)
     confidence = jnp.max(pseudo_distribution, axis=-1)
     pseudo_labels = jnp.argmax(pseudo_distribution, axis=-1).astype(jnp.int32)
+    threshold = jnp.asarray(threshold, confidence.dtype)
+    if threshold.ndim:
+        threshold = threshold[pseudo_labels]
     mask = (confidence >= threshold).astype(jnp.float32)
     per_sample = optax.softmax_cross_entropy_with_integer_labels(
         strong_logits, pseudo_labels)
