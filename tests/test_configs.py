@@ -98,7 +98,7 @@ def test_fmnist_long_smoke_100_steps(tmp_path):
 @pytest.mark.slow
 @requires_fashion_mnist
 @pytest.mark.parametrize("name, arg", [("fmnist_assl", None), ("fmnist_assl", "asl"),
-                                       ("fmnist_quick", None)])
+                                       ("fmnist_quick", None), ("fmnist_pretrained", None)])
 def test_fashion_mnist_configs_smoke_as_written(tmp_path, name, arg):
     """The L1 configs (ASSL, ASL) and the README demo's, on the real pool, with
     only the step count, batch and rounds shrunk: the recipe (separate weak
@@ -106,9 +106,14 @@ def test_fashion_mnist_configs_smoke_as_written(tmp_path, name, arg):
     config = _smoke(_config(name, arg), steps=12, batch_size=4, mu=2)
     config.seeds = "0"
     config.rounds = 1
-    records = loop.run(config, tmp_path, progress=False)
+    if config.get("init") == "pretrained":     # a 3-step pretraining in a private cache
+        config.pretrain.steps, config.pretrain.batch_size = 3, 16
+        config.pretrain.warmup_steps = 1
+        config.pretrain_cache = str(tmp_path / "cache")
+    records = loop.run(config, tmp_path / "run", progress=False)
     _check(records, config)
     assert records[0]["config"]["dataset"] == "fashion_mnist"
+    assert (records[0]["pretraining"] is not None) == (name == "fmnist_pretrained")
     trained = [r["train_metrics"] for r in records]
     if config.mode == "assl":
         assert config.train.weak_forward == "separate" and config.train.darp
@@ -120,7 +125,9 @@ def test_fashion_mnist_configs_smoke_as_written(tmp_path, name, arg):
 def test_config_docstrings_give_command_runtime_and_expected_result():
     for path in sorted((ROOT / "experiments" / "configs").glob("*.py")):
         doc = importlib.import_module(f"configs.{path.stem}").__doc__
-        assert "Command" in doc and "experiments/assl.py" in doc, path.name
+        entry = "experiments/pretrain.py" if path.stem.startswith("pretrain") else \
+            "experiments/assl.py"
+        assert "Command" in doc and entry in doc, path.name
         assert "Runtime" in doc or "runtime" in doc, path.name
         assert "xpected result" in doc, path.name
     assert _config("cifar10_paper").train_steps == 2 ** 20
@@ -143,3 +150,17 @@ def test_bfloat16_compute_option_is_checked_and_runs(tmp_path):
     config.model, config.model_dtype = "wrn28_2", "float16"
     with pytest.raises(ValueError, match="model_dtype"):
         loop.run(config, tmp_path / "f16")
+
+
+@pytest.mark.slow
+@requires_fashion_mnist
+def test_pretrain_config_smoke(tmp_path):
+    from npc_jax import pretraining
+
+    config = _config("pretrain_fmnist", "quick")
+    config.pretrain.steps, config.pretrain.batch_size = 4, 16
+    config.pretrain.warmup_steps = 1
+    result, quality = pretraining.run_from_config(config, tmp_path, evaluate=False)
+    assert quality is None and (result.path / "meta.json").exists()
+    again, _ = pretraining.run_from_config(config, tmp_path, evaluate=False)
+    assert again.hit and again.path == result.path

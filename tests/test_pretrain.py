@@ -246,3 +246,39 @@ def test_the_loop_fine_tunes_from_the_named_pretraining(toy, tmp_path):
     assert from_scratch[0]["pretraining"] is None
     assert got[0]["test_accuracy"] != from_scratch[0]["test_accuracy"] or (
         got[0]["train_metrics"] != from_scratch[0]["train_metrics"])
+
+
+def test_representation_quality_rows_and_baselines(toy):
+    _, dataset = toy
+    model = _tiny_model()
+    variables = {"random init": jax.device_get(model.init(jax.random.PRNGKey(0)))}
+    quality = pretraining.evaluate_quality(model, variables, dataset, per_class=(1, 2),
+                                           draws=2, validation_size=32)
+    rows = {(r["representation"], r["labels_per_class"], r["split"]): r
+            for r in quality["rows"]}
+    assert len(rows) == 3 * 2 * 2                         # (1, 2, all) × reps × splits
+    for (name, count, _), row in rows.items():
+        measures = ("centroid",) if name.startswith("raw pixels") else ("knn", "linear")
+        for m in measures:
+            assert 0.0 <= row[m] <= 100.0
+        assert np.isnan(row[f"{measures[0]}_std"]) == (count == "all")
+    # Bars are told apart by their row: a PCA centroid on pixels gets them all.
+    assert rows[("raw pixels, 50-d PCA", "all", "test")]["centroid"] == 100.0
+    assert "| test | random init | 2 |" in pretraining.quality_markdown(quality)
+
+
+def test_knn_and_linear_probe_on_separable_features():
+    from npc_jax import representation as rep
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 8)) * 5
+    labels = np.repeat(np.arange(3), 20)
+    features = centres[labels] + rng.normal(size=(60, 8))
+    index = rep.draw_labeled(labels, 2, seed=0)
+    assert len(index) == 6 and np.bincount(labels[index]).tolist() == [2, 2, 2]
+    assert rep.knn_accuracy(features[index], labels[index], features, labels, chunk=7) == 1.0
+    accuracy = rep.linear_probe_accuracy(features[index], labels[index], features, labels,
+                                         mean=features.mean(0), std=features.std(0))
+    assert accuracy == 1.0
+    # Labels that contradict the features: the kNN follows its neighbours.
+    assert rep.knn_accuracy(features[index], (labels[index] + 1) % 3, features, labels) == 0.0
