@@ -18,6 +18,8 @@ never all pairs.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 __all__ = [
@@ -105,34 +107,13 @@ def linear_probe_accuracy(train_features: np.ndarray, train_labels: np.ndarray,
     Returns:
       Accuracy in [0, 1].
     """
-    import jax
-    import jax.numpy as jnp
-    import optax
-
     scale = np.where(std > 0, std, 1.0)
-    x = jnp.asarray((train_features - mean) / scale, jnp.float32)
-    y = jnp.asarray(train_labels)
     num_classes = int(max(int(np.max(train_labels)), int(np.max(query_labels)))) + 1
-    params = {"w": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros((num_classes,))}
-
-    def loss(p):
-        logits = x @ p["w"] + p["b"]
-        return (jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
-                + 0.5 * l2 * jnp.sum(p["w"] ** 2))
-
-    solver = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(loss)
-
-    @jax.jit
-    def step(carry, _):
-        p, state = carry
-        value, grad = value_and_grad(p, state=state)
-        updates, state = solver.update(grad, state, p, value=value, grad=grad, value_fn=loss)
-        return (optax.apply_updates(p, updates), state), None
-
-    (params, _), _ = jax.lax.scan(step, (params, solver.init(params)), None, length=iterations)
+    w, b = _fit_softmax_regression(((train_features - mean) / scale).astype(np.float32),
+                                   np.asarray(train_labels, np.int32), float(l2),
+                                   num_classes=num_classes, iterations=int(iterations))
     query = (np.asarray(query_features) - mean) / scale
-    predictions = np.argmax(query @ np.asarray(params["w"]) + np.asarray(params["b"]), 1)
+    predictions = np.argmax(query @ w + b, 1)
     return float(np.mean(predictions == np.asarray(query_labels)))
 
 
@@ -157,3 +138,41 @@ def pca_centroid_accuracy(pool_pixels: np.ndarray, train_index: np.ndarray,
     centroids = np.stack([train[train_labels == c].mean(0) for c in classes])
     distances = ((query[:, None, :] - centroids[None]) ** 2).sum(-1)
     return float(np.mean(classes[distances.argmin(1)] == query_labels))
+
+
+@functools.lru_cache(maxsize=1)
+def _regression_solver():
+    """The jitted L-BFGS fit, built once (compiled once per input shape)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    @functools.partial(jax.jit, static_argnames=("num_classes", "iterations"))
+    def fit(x, y, l2, *, num_classes, iterations):
+        params = {"w": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros((num_classes,))}
+
+        def loss(p):
+            logits = x @ p["w"] + p["b"]
+            return (jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+                    + 0.5 * l2 * jnp.sum(p["w"] ** 2))
+
+        solver = optax.lbfgs()
+        value_and_grad = optax.value_and_grad_from_state(loss)
+
+        def step(carry, _):
+            p, state = carry
+            value, grad = value_and_grad(p, state=state)
+            updates, state = solver.update(grad, state, p, value=value, grad=grad,
+                                           value_fn=loss)
+            return (optax.apply_updates(p, updates), state), None
+
+        (params, _), _ = jax.lax.scan(step, (params, solver.init(params)), None,
+                                      length=iterations)
+        return params["w"], params["b"]
+
+    return fit
+
+
+def _fit_softmax_regression(x, y, l2, *, num_classes, iterations):
+    w, b = _regression_solver()(x, y, l2, num_classes=num_classes, iterations=iterations)
+    return np.asarray(w), np.asarray(b)
