@@ -17,12 +17,7 @@ from npc_jax import labelling, loop, records, report
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _write_dataset(path, seed=0, n_train=160, n_test=40, classes=4):
-    rng = np.random.default_rng(seed)
-    x, y = toy_config.bar_images(n_train, classes, rng)
-    x_test, y_test = toy_config.bar_images(n_test, classes, rng)
-    np.savez(path, x=x, y=y, x_test=x_test, y_test=y_test)
-    return path
+_write_dataset = toy_config.write_bar_dataset
 
 
 def _config(dataset, **overrides):

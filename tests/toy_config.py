@@ -12,6 +12,15 @@ def bar_images(n: int, num_classes: int, rng: np.random.Generator):
     return x, y
 
 
+def write_bar_dataset(path, *, n_train=160, n_test=40, classes=4, seed=0):
+    """An npz of `bar_images` (x, y, x_test, y_test) at `path`; returns `path`."""
+    rng = np.random.default_rng(seed)
+    x, y = bar_images(n_train, classes, rng)
+    x_test, y_test = bar_images(n_test, classes, rng)
+    np.savez(path, x=x, y=y, x_test=x_test, y_test=y_test)
+    return path
+
+
 def get_config():
     return ml_collections.ConfigDict({
         "dataset": "npz:REPLACE_ME", "data_dir": "", "model": "cnn", "mode": "assl",
