@@ -2,11 +2,14 @@
 
     python experiments/tune_ssl.py --workdir runs/tune --labels 50 --seeds 0 \
         --variants asl,base,warmup
+    python experiments/tune_ssl.py --base fmnist_pretrained --workdir runs/tune_l2 \
+        --labels 50 --seeds 0 --variants l2_asl,l2_base,l2_freematch
 
-Each variant is a set of overrides of experiments/configs/fmnist_assl.py; every
-run trains once on the passive (class-balanced) labels of a seed, with 5 000
-pool samples held out for validation, and reports validation accuracy and the
-training diagnostics (mask rate, accuracy of accepted pseudo-labels).
+Each variant is a set of overrides of the --base config (L1's fmnist_assl.py, or
+L2's fmnist_pretrained.py for the l2_* variants); every run trains once on the
+passive (class-balanced) labels of a seed, with 5 000 pool samples held out
+for validation, and reports validation accuracy and the training diagnostics
+(mask rate, accuracy of accepted pseudo-labels).
 """
 import json
 import sys
@@ -15,7 +18,7 @@ from pathlib import Path
 from absl import app, flags, logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from configs import fmnist_assl  # noqa: E402
+from configs import fmnist_assl, fmnist_pretrained  # noqa: E402
 
 # Fully explicit on the tuned fields, so each row stays reproducible when the
 # config's defaults move.
@@ -36,16 +39,24 @@ VARIANTS = {
     "warmup_t80_mu3_s1200": {**_FIXMATCH_600, "train.supervised_warmup": 0.3,
                              "train.threshold": 0.8, "train.mu": 3, "train_steps": 1200},
     "no_darp": {"train.darp": False},
+    # L2: fine-tuning from the pretraining (base: experiments/configs/fmnist_pretrained.py).
+    "l2_asl": {"mode": "asl"},
+    "l2_base": {},
+    "l2_freematch": {"train.threshold_mode": "freematch"},
+    "l2_lr01": {"train.lr": 0.01},
+    "l2_s800": {"train_steps": 800},
 }
+BASES = {"fmnist_assl": fmnist_assl, "fmnist_pretrained": fmnist_pretrained}
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/tune", "Parent directory of the runs.")
 _LABELS = flags.DEFINE_integer("labels", 50, "Number of (class-balanced) labels.")
 _SEEDS = flags.DEFINE_string("seeds", "0", "Comma-separated seeds.")
 _VARIANTS = flags.DEFINE_list("variants", ["asl", "base"], f"Of: {', '.join(VARIANTS)}")
+_BASE = flags.DEFINE_enum("base", "fmnist_assl", list(BASES), "The config the variants change.")
 
 
-def make_config(variant: str, labels: int, seeds: str):
-    config = fmnist_assl.get_config()
+def make_config(variant: str, labels: int, seeds: str, base: str = "fmnist_assl"):
+    config = BASES[base].get_config()
     config.update({"strategies": "passive", "seeds": seeds, "initial_labels": labels,
                    "rounds": 0, "validation_size": 5000})
     for field, value in VARIANTS[variant].items():
@@ -64,7 +75,8 @@ def main(argv):
     rows = []
     for variant in _VARIANTS.value:
         workdir = Path(_WORKDIR.value) / f"{variant}_l{_LABELS.value}"
-        records = loop.run(make_config(variant, _LABELS.value, _SEEDS.value), workdir)
+        records = loop.run(make_config(variant, _LABELS.value, _SEEDS.value, _BASE.value),
+                           workdir)
         for r in records:
             rows.append({"variant": variant, "seed": r["seed"], "labels": r["num_labels"],
                          "validation_accuracy": r["validation_accuracy"],

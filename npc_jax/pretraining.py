@@ -140,6 +140,8 @@ def pretrain(model: Model, config: ssl_pretrain.PretrainConfig, dataset: Dataset
     records.check_writable_dir(path, what="the pretraining cache directory")
     log(f"pretraining cache miss: {path} (training {config.method}, {config.steps} steps)")
     with records.WorkdirLock(path):
+        if (path / _META).exists():   # another process finished it meanwhile
+            return load_pretrained(path, model, dataset)
         return _train(model, config, dataset, path, seed=seed, checkpoint_every=checkpoint_every,
                       chunk_steps=chunk_steps, progress=progress)
 
