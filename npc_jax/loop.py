@@ -176,6 +176,22 @@ class _Runner:
         dtype = {} if settings.model_dtype == "float32" else {"dtype": settings.model_dtype}
         self.model: Model = get_model(settings.model, dataset.num_classes, dataset.image_shape,
                                       **dtype)
+        self.log = records.JsonlLog(workdir / "results.jsonl")
+        self.done = {}
+        for record in self.log.read():
+            if record.get("config_hash") != settings.config_hash:
+                raise ValueError(
+                    f"{self.log.path} holds records of a different config: "
+                    f"{_config_difference(record.get('config', {}), settings.config)}. Use a new "
+                    "--workdir, or the original config, to resume.")
+            recorded = record.get("dataset_fingerprint")
+            if recorded is not None and recorded != self.fingerprint:
+                raise ValueError(
+                    f"{self.log.path} holds records of other data: {settings.dataset} now has "
+                    f"content fingerprint {self.fingerprint}, the records {recorded} (the file "
+                    "was replaced or the dataset changed). Use a new --workdir for the new data.")
+            self.done[(record["strategy"], record["seed"], record["round"])] = record
+        # After the records are checked: a refused resume costs no pretraining.
         self.init_variables, self.pretraining = None, None
         if settings.init == "pretrained":   # the whole pool, before any validation carve
             from npc_jax import pretraining
@@ -196,21 +212,6 @@ class _Runner:
         # one; an unlabelled npz has none, and its records hold null accuracy.
         self.test = (dataset.x_test, dataset.y_test) if len(dataset.y_test) else None
         self.progress = progress
-        self.log = records.JsonlLog(workdir / "results.jsonl")
-        self.done = {}
-        for record in self.log.read():
-            if record.get("config_hash") != settings.config_hash:
-                raise ValueError(
-                    f"{self.log.path} holds records of a different config: "
-                    f"{_config_difference(record.get('config', {}), settings.config)}. Use a new "
-                    "--workdir, or the original config, to resume.")
-            recorded = record.get("dataset_fingerprint")
-            if recorded is not None and recorded != self.fingerprint:
-                raise ValueError(
-                    f"{self.log.path} holds records of other data: {settings.dataset} now has "
-                    f"content fingerprint {self.fingerprint}, the records {recorded} (the file "
-                    "was replaced or the dataset changed). Use a new --workdir for the new data.")
-            self.done[(record["strategy"], record["seed"], record["round"])] = record
 
     # -- training ------------------------------------------------------------
 
