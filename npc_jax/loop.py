@@ -205,6 +205,9 @@ class _Runner:
         if settings.validation_size:
             dataset, x_val, y_val = carve_validation(dataset, settings.validation_size)
             self.validation = (x_val, y_val)
+            # The oracle's labels must index the carved pool, not the loaded one
+            # (human mode refuses validation_size: a person's labels are never carved).
+            labeller = labelling.TrueLabels(dataset.y_train, dataset.num_classes)
         self.workdir = workdir
         self.data = dataset
         self.labeller = labeller

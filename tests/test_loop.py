@@ -193,3 +193,19 @@ def test_zero_shot_queries_from_the_random_initialisation(dataset, tmp_path, str
     assert first["num_labels"] == 0 and first["train_seconds"] == 0.0
     assert len(set(first["acquired_indices"])) == 8
     assert second["num_labels"] == 8 and second["labeled_indices"] == first["acquired_indices"]
+
+
+def test_with_a_validation_split_the_labels_are_those_of_the_carved_pool(dataset, tmp_path):
+    """Indices of the pool after the validation carve get that pool's labels (a
+    labeller built on the uncarved pool paired images with other images' labels)."""
+    from npc_jax.data import carve_validation, load_dataset
+
+    config = _config(dataset, strategies="passive", rounds=1, validation_size=40,
+                     train_steps=30)
+    got = loop.run(config, tmp_path, progress=False)
+    carved, _, _ = carve_validation(load_dataset(f"npz:{dataset}"), 40)
+    for record in got:
+        labels = carved.y_train[record["labeled_indices"]]
+        assert record["class_counts"] == np.bincount(labels, minlength=4).tolist()
+    # Bars are trivially learnable: right labels give a clearly better than chance model.
+    assert got[-1]["validation_accuracy"] > 0.5
