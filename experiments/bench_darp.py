@@ -10,7 +10,7 @@ minimum of `--repeats` runs. The correctness of both at this scale is
 tested in tests/test_darp.py and tests/test_data.py; timing belongs here, not
 in a test that a busy machine can fail.
 
-Measured (2-core Intel Xeon, 24 GiB, 2026-11-30): see BENCHMARKS.md "DARP and
+Measured (2-core AMD EPYC, 23 GiB, 2026-11-30): see BENCHMARKS.md "DARP and
 Pool micro-benchmarks".
 """
 from __future__ import annotations
