@@ -45,6 +45,8 @@ VARIANTS = {
     "l2_freematch": {"train.threshold_mode": "freematch"},
     "l2_lr01": {"train.lr": 0.01},
     "l2_s800": {"train_steps": 800},
+    "l2_lpft": {"train.freeze_encoder_fraction": 0.25, "train.encoder_lr_scale": 0.1},
+    "l2_frozen": {"train.encoder_lr_scale": 0.0},
 }
 BASES = {"fmnist_assl": fmnist_assl, "fmnist_pretrained": fmnist_pretrained}
 

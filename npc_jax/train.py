@@ -36,6 +36,9 @@ class TrainConfig:
     batch_size: B labeled images per step; mu: unlabeled/labeled ratio μ.
     lr, momentum, nesterov, weight_decay: SGD; decay on kernels only.
     ema_decay: decay of the weight average used for evaluation (0 disables).
+    encoder_lr_scale, freeze_encoder_fraction: for fine-tuning a pretrained
+      encoder: every layer but the classifier is frozen for that fraction of
+      the steps, then updated at `encoder_lr_scale` × the learning rate.
     threshold: τ, pseudo-label confidence; lambda_u: weight of the unlabeled loss.
     threshold_mode: "fixed" (FixMatch: τ) or "freematch" (FreeMatch's
       self-adaptive class thresholds, `npc_jax.ssl.thresholds`, with EMA decay
@@ -67,6 +70,8 @@ class TrainConfig:
     nesterov: bool = True
     weight_decay: float = 5e-4
     ema_decay: float = 0.999
+    encoder_lr_scale: float = 1.0
+    freeze_encoder_fraction: float = 0.0
     threshold: float = 0.95
     threshold_mode: str = "fixed"
     threshold_ema: float = 0.999
@@ -116,6 +121,9 @@ class TrainConfig:
             ("weight_decay", self.weight_decay >= 0, ">= 0"),
             ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
             ("darp_warmup", 0 <= self.darp_warmup <= 1, "a fraction of the steps in [0, 1]"),
+            ("encoder_lr_scale", self.encoder_lr_scale >= 0, ">= 0"),
+            ("freeze_encoder_fraction", 0 <= self.freeze_encoder_fraction <= 1,
+             "a fraction of the steps in [0, 1]"),
         )
         for name, in_range, wanted in ranges:
             if not in_range:
@@ -190,13 +198,31 @@ def cosine_7_16(lr: float, steps: int) -> optax.Schedule:
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """SGD (Nesterov) with L2 weight decay added to the gradient of kernels only."""
+    """SGD (Nesterov) with L2 weight decay added to the gradient of kernels only.
+
+    With ``encoder_lr_scale != 1`` or ``freeze_encoder_fraction > 0`` (fine-tuning
+    a pretrained encoder) every layer but the classifier gets its updates
+    scaled: by 0 for the first `freeze_encoder_fraction` of the steps (the
+    classifier alone learns: a linear probe), then by `encoder_lr_scale`.
+    """
     decay_mask = lambda params: jax.tree_util.tree_map_with_path(
         lambda path, _: path[-1].key == "kernel", params)
-    return optax.chain(
+    base = optax.chain(
         optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
         optax.sgd(cosine_7_16(config.lr, config.steps), momentum=config.momentum,
                   nesterov=config.nesterov))
+    if config.encoder_lr_scale == 1.0 and config.freeze_encoder_fraction == 0.0:
+        return base
+    from npc_jax.models import CLASSIFIER
+
+    frozen_steps = int(config.freeze_encoder_fraction * config.steps)
+    encoder_scale = lambda step: jnp.where(step < frozen_steps, 0.0, config.encoder_lr_scale)
+    label = lambda params: {name: jax.tree_util.tree_map(
+        lambda _: "classifier" if name == CLASSIFIER else "encoder", subtree)
+        for name, subtree in params.items()}
+    return optax.multi_transform(
+        {"classifier": base,
+         "encoder": optax.chain(base, optax.scale_by_schedule(encoder_scale))}, label)
 
 
 def start_from(fresh, pretrained):

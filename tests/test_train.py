@@ -107,3 +107,22 @@ def test_recalibrated_statistics_make_inference_match_train_mode_on_that_batch()
     np.testing.assert_allclose(model.apply_fn(recalibrated, images), train_mode_logits,
                                rtol=1e-4, atol=1e-4)
     assert not np.allclose(model.apply_fn(variables, images), train_mode_logits, atol=1e-3)
+
+
+def test_encoder_is_frozen_then_scaled_while_the_classifier_learns():
+    from npc_jax.models import CLASSIFIER
+
+    model = get_model("cnn", 3)
+    params = model.init(jax.random.PRNGKey(0))["params"]
+    config = train.TrainConfig(lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0,
+                               steps=10, freeze_encoder_fraction=0.3, encoder_lr_scale=0.5)
+    tx = train.make_optimizer(config)
+    ones = jax.tree_util.tree_map(np.ones_like, params)
+    state = tx.init(params)
+    for step in range(5):
+        updates, state = tx.update(ones, state, params)
+        lr = 0.1 * np.cos(7 * np.pi * step / (16 * 10))
+        for name, subtree in updates.items():
+            want = -lr * (1.0 if name == CLASSIFIER else (0.0 if step < 3 else 0.5))
+            for leaf in jax.tree_util.tree_leaves(subtree):
+                np.testing.assert_allclose(np.asarray(leaf), want, rtol=1e-5, atol=1e-8)
