@@ -47,6 +47,12 @@ VARIANTS = {
     "l2_s800": {"train_steps": 800},
     "l2_lpft": {"train.freeze_encoder_fraction": 0.25, "train.encoder_lr_scale": 0.1},
     "l2_frozen": {"train.encoder_lr_scale": 0.0},
+    "l2_lpft_s800": {"train.freeze_encoder_fraction": 0.25, "train.encoder_lr_scale": 0.1,
+                     "train_steps": 800},
+    "l2_lpft_freematch": {"train.freeze_encoder_fraction": 0.25,
+                          "train.encoder_lr_scale": 0.1, "train.threshold_mode": "freematch"},
+    "l2_lpft_asl": {"mode": "asl", "train.freeze_encoder_fraction": 0.25,
+                    "train.encoder_lr_scale": 0.1},
 }
 BASES = {"fmnist_assl": fmnist_assl, "fmnist_pretrained": fmnist_pretrained}
 
