@@ -25,8 +25,8 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import functools
+import hashlib
 import gzip
 import os
 import zipfile
@@ -552,9 +552,9 @@ def _check_npz_sizes(path: Path) -> None:
                         f"{dtype} ({declared / 2**30:.3g} GiB) but its member holds "
                         f"{member.file_size / 2**30:.3g} GiB; the file is damaged or was not "
                         "written by np.savez. Save it again with np.savez(path, x=..., y=...).")
+    except DataError:
+        raise
     except (zipfile.BadZipFile, ValueError, EOFError, OSError) as err:
-        if isinstance(err, DataError):
-            raise
         raise DataError(f"Could not read {path} as .npz ({err}); save it with "
                         "np.savez(path, x=..., y=...).") from None
 

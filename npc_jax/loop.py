@@ -145,8 +145,7 @@ class RunSettings:
         for name in options:
             if name not in strategies.available():
                 raise ValueError(f"config.strategy_options names unknown strategy {name!r}.")
-        relevant = {k: v for k, v in cfg.items() if k not in _SUBSET_FIELDS + _LOCATION_FIELDS
-                    and not (k in _HASH_NEUTRAL_DEFAULTS and v == _HASH_NEUTRAL_DEFAULTS[k])}
+        relevant = _run_identity(cfg)
         if labels == "human":   # only then: oracle workdirs keep their hash
             relevant["labels"] = labels
         digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
@@ -260,7 +259,8 @@ class _Runner:
             summary = _read_checkpoint_meta(meta)
             if (summary.get("labeled_indices") == pool.labeled_indices.tolist()
                     and summary.get("dataset_fingerprint", self.fingerprint) == self.fingerprint):
-                return _read_checkpoint(weights, template), summary
+                return records.read_flax(weights, template, fix=(
+                    f"delete it and {meta.name} to retrain the round-0 model.")), summary
         k = self.s.initial_trainings
         if not len(pool.labeled_indices):   # zero-shot: nothing to train on
             variables = self.model.init(key)
@@ -513,21 +513,24 @@ def _write_summary(run_records: list[dict], workdir: Path) -> None:
         results.plot_accuracy(measured, workdir / "accuracy.png")
 
 
+def _run_identity(cfg: dict) -> dict:
+    """The config fields that identify a workdir's run (what `config_hash` hashes)."""
+    return {k: v for k, v in cfg.items() if k not in _SUBSET_FIELDS + _LOCATION_FIELDS
+            and not (k in _HASH_NEUTRAL_DEFAULTS and v == _HASH_NEUTRAL_DEFAULTS[k])}
+
 
 def _config_difference(recorded: dict, current: dict) -> str:
-    """Which run-wide config fields differ, e.g. "train_steps: 1000 -> 600"."""
+    """Which run-identifying config fields differ, e.g. "train_steps: 1000 -> 600"."""
     def flat(tree, prefix=""):
         out = {}
-        for key, value in (tree or {}).items():
-            if not prefix and key in _SUBSET_FIELDS:
-                continue
+        for key, value in tree.items():
             if isinstance(value, dict):
                 out.update(flat(value, f"{prefix}{key}."))
             else:
                 out[f"{prefix}{key}"] = value
         return out
 
-    old, new = flat(recorded), flat(current)
+    old, new = flat(_run_identity(recorded or {})), flat(_run_identity(current))
     changed = [f"{key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}"
                for key in sorted(set(old) | set(new)) if old.get(key, None) != new.get(key, None)]
     return "; ".join(changed) if changed else "the same fields, another labels mode"
@@ -539,12 +542,3 @@ def _read_checkpoint_meta(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DataError(f"Checkpoint metadata {path} is damaged ({error}); delete it and "
                         f"{path.with_suffix('.msgpack').name} to retrain the round-0 model.") from None
-
-
-def _read_checkpoint(path: Path, template):
-    try:
-        return flax.serialization.from_bytes(template, path.read_bytes())
-    except Exception as error:  # msgpack and flax raise several unrelated types
-        raise DataError(f"Checkpoint {path} is damaged or truncated ({type(error).__name__}: "
-                        f"{error}); delete it and {path.with_suffix('.json').name} to retrain the "
-                        "round-0 model.") from None

@@ -72,14 +72,6 @@ def _template(model: Model, config: ssl_pretrain.PretrainConfig):
     return jax.device_get(ssl_pretrain.init_state(model, config, jax.random.PRNGKey(0)))
 
 
-def _load_bytes(path: Path, template, what: str):
-    try:
-        return flax.serialization.from_bytes(template, path.read_bytes())
-    except Exception as error:  # msgpack and flax raise several unrelated types
-        raise DataError(f"{what} {path} is damaged or truncated ({type(error).__name__}: "
-                        f"{error}); delete {path.parent} to pretrain again.") from None
-
-
 def load_pretrained(path: str | os.PathLike, model: Model, dataset: Dataset) -> PretrainResult:
     """A finished cache entry, checked against the network and data it will serve.
 
@@ -107,7 +99,8 @@ def load_pretrained(path: str | os.PathLike, model: Model, dataset: Dataset) -> 
                         f"{'; '.join(differences)}. Pretrain for this dataset and model "
                         "(experiments/pretrain.py) or name the matching one.")
     template = jax.device_get(model.init(jax.random.PRNGKey(0)))
-    variables = _load_bytes(path / _WEIGHTS, template, "Pretrained weights")
+    variables = records.read_flax(path / _WEIGHTS, template,
+                                  fix=f"delete {path} to pretrain again.")
     return PretrainResult(variables, path, meta, hit=True)
 
 
@@ -151,7 +144,8 @@ def _train(model, config, dataset, path: Path, *, seed, checkpoint_every, chunk_
     """Trains (or resumes) into `path`; writes the weights, then meta.json last."""
     init_key, steps_key = jax.random.split(jax.random.PRNGKey(seed))
     if (path / _PROGRESS).exists():
-        state = _load_bytes(path / _PROGRESS, _template(model, config), "Pretraining checkpoint")
+        state = records.read_flax(path / _PROGRESS, _template(model, config),
+                                  fix=f"delete {path} to pretrain again.")
         state = jax.tree_util.tree_map(jax.numpy.asarray, state)
     else:
         state = ssl_pretrain.init_state(model, config, init_key)
@@ -257,8 +251,9 @@ def evaluate_quality(model: Model, variables: dict, dataset: Dataset, *,
     over `draws` seeded draws of the labeled examples.
 
     Returns:
-      {"rows": [{"representation", "labels_per_class", "split", "knn", "knn_std",
-                 "linear", "linear_std"}], "validation_size", "draws"} (percent).
+      {"rows": [{"representation", "labels_per_class", "split", and "knn",
+                 "linear" (networks) or "centroid" (pixels), each with "<name>_std"}],
+       "validation_size", "draws"} (percent).
     """
     from npc_jax import representation as rep
     from npc_jax.data import carve_validation
@@ -269,8 +264,10 @@ def evaluate_quality(model: Model, variables: dict, dataset: Dataset, *,
     for name, v in variables.items():
         embedded[name] = {"pool": rep.embed(model, v, pool.x_train),
                           **{s: rep.embed(model, v, x) for s, (x, _) in splits.items()}}
-    pool_pixels = rep.pixels(pool.x_train)
-    split_pixels = {s: rep.pixels(x) for s, (x, _) in splits.items()}
+    # The raw-pixel baseline's PCA is label-free: fitted once, for every draw.
+    project = rep.pca_projection(rep.pixels(pool.x_train))
+    projected = {"pool": project(rep.pixels(pool.x_train)),
+                 **{s: project(rep.pixels(x)) for s, (x, _) in splits.items()}}
     rows = []
     for count in (*per_class, None):
         labeled_draws = [rep.draw_labeled(pool.y_train, count, seed) for seed in
@@ -286,8 +283,9 @@ def evaluate_quality(model: Model, variables: dict, dataset: Dataset, *,
                     knn.append(rep.knn_accuracy(*args, chunk=chunk))
                     linear.append(rep.linear_probe_accuracy(*args, mean=mean, std=std))
                 rows.append(_row(name, count, split, knn=knn, linear=linear))
-            centroid = [rep.pca_centroid_accuracy(pool_pixels, index, pool.y_train[index],
-                                                  split_pixels[split], y_split)
+            centroid = [rep.nearest_centroid_accuracy(projected["pool"][index],
+                                                      pool.y_train[index], projected[split],
+                                                      y_split)
                         for index in labeled_draws]
             rows.append(_row("raw pixels, 50-d PCA", count, split, centroid=centroid))
     return {"rows": rows, "validation_size": int(len(y_val)), "draws": int(draws)}

@@ -25,6 +25,8 @@ import json
 import os
 from pathlib import Path
 
+from npc_jax.data import DataError
+
 __all__ = [
     "HUMAN_LABELS_FILE",
     "LOCK_FILE",
@@ -33,6 +35,7 @@ __all__ = [
     "WorkdirBusy",
     "WorkdirLock",
     "check_writable_dir",
+    "read_flax",
     "read_jsonl",
     "write_atomically",
 ]
@@ -41,7 +44,7 @@ LOCK_FILE = ".npc_jax.lock"
 HUMAN_LABELS_FILE = "human_labels.jsonl"   # a person's label store (npc_jax.labelling)
 
 
-class RecordsError(ValueError):
+class RecordsError(DataError):
     """A records file or workdir that cannot be used; the message names it and the fix."""
 
 
@@ -148,6 +151,23 @@ def write_atomically(path: str | os.PathLike, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def read_flax(path: str | os.PathLike, template, *, fix: str):
+    """A pytree written by ``flax.serialization.to_bytes``, restored into `template`.
+
+    Raises:
+      RecordsError: the file is damaged or truncated; the message names it and
+        ends with `fix` (what to delete to recompute it).
+    """
+    import flax.serialization  # imported here: the rest of this module needs no JAX
+
+    path = Path(path)
+    try:
+        return flax.serialization.from_bytes(template, path.read_bytes())
+    except Exception as error:  # msgpack and flax raise several unrelated types
+        raise RecordsError(f"{path} is damaged or truncated ({type(error).__name__}: "
+                           f"{error}); {fix}") from None
 
 
 def check_writable_dir(path: str | os.PathLike, *, what: str = "--workdir") -> Path:

@@ -10,8 +10,9 @@ on their features, measure accuracy on held-out images.
 * `linear_probe_accuracy`: multinomial logistic regression on standardised
   features (mean/std of the whole pool: no label needed), L2-regularised,
   full-batch L-BFGS.
-* `pca_centroid_accuracy`: the raw-pixel baseline a learner must clear: a
-  nearest class centroid on the 50-d PCA of the pool's pixels.
+* `pca_projection` + `nearest_centroid_accuracy`: the raw-pixel baseline a
+  learner must clear: a nearest class centroid on the 50-d PCA of the pool's
+  pixels.
 
 Memory: similarities are computed for chunks of query rows (chunk × labeled),
 never all pairs.
@@ -27,7 +28,8 @@ __all__ = [
     "embed",
     "knn_accuracy",
     "linear_probe_accuracy",
-    "pca_centroid_accuracy",
+    "nearest_centroid_accuracy",
+    "pca_projection",
     "pixels",
 ]
 
@@ -117,14 +119,12 @@ def linear_probe_accuracy(train_features: np.ndarray, train_labels: np.ndarray,
     return float(np.mean(predictions == np.asarray(query_labels)))
 
 
-def pca_centroid_accuracy(pool_pixels: np.ndarray, train_index: np.ndarray,
-                          train_labels: np.ndarray, query_pixels: np.ndarray,
-                          query_labels: np.ndarray, *, dims: int = 50,
-                          fit_samples: int = 10_000, seed: int = 0) -> float:
-    """Nearest class centroid on a `dims`-d PCA of the raw pixels.
+def pca_projection(pool_pixels: np.ndarray, *, dims: int = 50, fit_samples: int = 10_000,
+                   seed: int = 0):
+    """A `dims`-d PCA fitted (label-free) on `fit_samples` random pool images.
 
-    The PCA is fitted (label-free) on `fit_samples` random pool images; the
-    centroids are the class means of the labeled examples' projections.
+    Returns:
+      ``project(pixels (M, P)) -> (M, dims)`` float64.
     """
     rng = np.random.default_rng(seed)
     fit = pool_pixels[rng.choice(len(pool_pixels), min(fit_samples, len(pool_pixels)),
@@ -132,11 +132,15 @@ def pca_centroid_accuracy(pool_pixels: np.ndarray, train_index: np.ndarray,
     mean = fit.mean(0)
     _, _, vt = np.linalg.svd(fit - mean, full_matrices=False)
     basis = vt[:dims].T
-    train = (pool_pixels[train_index] - mean) @ basis
-    query = (query_pixels - mean) @ basis
+    return lambda pixels: (pixels - mean) @ basis
+
+
+def nearest_centroid_accuracy(train_features: np.ndarray, train_labels: np.ndarray,
+                              query_features: np.ndarray, query_labels: np.ndarray) -> float:
+    """Accuracy of the nearest class mean (Euclidean) of the labeled examples."""
     classes = np.unique(train_labels)
-    centroids = np.stack([train[train_labels == c].mean(0) for c in classes])
-    distances = ((query[:, None, :] - centroids[None]) ** 2).sum(-1)
+    centroids = np.stack([train_features[train_labels == c].mean(0) for c in classes])
+    distances = ((query_features[:, None, :] - centroids[None]) ** 2).sum(-1)
     return float(np.mean(classes[distances.argmin(1)] == query_labels))
 
 

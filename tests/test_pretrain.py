@@ -282,3 +282,20 @@ def test_knn_and_linear_probe_on_separable_features():
     assert accuracy == 1.0
     # Labels that contradict the features: the kNN follows its neighbours.
     assert rep.knn_accuracy(features[index], (labels[index] + 1) % 3, features, labels) == 0.0
+
+
+def test_pca_projection_and_nearest_centroid_against_plain_references():
+    from npc_jax import representation as rep
+
+    rng = np.random.default_rng(2)
+    pixels = rng.normal(size=(300, 12)) @ rng.normal(size=(12, 12))
+    project = rep.pca_projection(pixels, dims=3, fit_samples=300)
+    centred = pixels - pixels.mean(0)
+    _, vectors = np.linalg.eigh(centred.T @ centred)
+    reference = centred @ vectors[:, ::-1][:, :3]             # top 3 principal axes
+    got = project(pixels)
+    np.testing.assert_allclose(np.abs(got), np.abs(reference), rtol=1e-6, atol=1e-8)
+    labels = (got[:, 0] > 0).astype(int)
+    centroids = np.stack([got[labels == c].mean(0) for c in (0, 1)])
+    nearest = ((got[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
+    assert rep.nearest_centroid_accuracy(got, labels, got, labels) == np.mean(nearest == labels)
