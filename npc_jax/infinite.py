@@ -60,6 +60,7 @@ import jax
 import numpy as np
 
 from npc_jax.data import images_to_float
+from npc_jax.inference import check_finite, pad_rows
 from npc_jax.spectral import enable_x64   # works on old and new JAX
 
 ARCHITECTURES = ("mlp", "convnet", "wrn")
@@ -246,12 +247,6 @@ def _as_input(x, dtype) -> np.ndarray:
     return np.asarray(images_to_float(np.asarray(x)), dtype)
 
 
-def _pad(x: np.ndarray, size: int) -> np.ndarray:
-    # Pad to the chunk size with copies of the last row: one compilation for every chunk.
-    missing = size - len(x)
-    return x if missing <= 0 else np.concatenate([x, np.repeat(x[-1:], missing, 0)])
-
-
 def analytic_ntk_fn(net: Network, *, chunk_size: int = 256, get: str = "ntk",
                     trace: bool = True, float64: bool = False) -> Callable:
     """The analytic kernel of `net` on any inputs, computed in bounded memory.
@@ -296,14 +291,14 @@ def analytic_ntk_fn(net: Network, *, chunk_size: int = 256, get: str = "ntk",
             # and a thin side (e.g. |L| labeled points) is not padded to the chunk.
             size1, size2 = min(chunk_size, n1), min(chunk_size, n2)
             for i in range(0, n1, size1):
-                xi = _pad(x1[i:i + size1], size1)
+                xi = pad_rows(x1[i:i + size1], size1)
                 rows = min(size1, n1 - i)
                 for j in range(0, i + 1 if symmetric else n2, size2):
                     cols = min(size2, n2 - j)
                     if symmetric and j == i:
                         block = sym(xi)
                     else:
-                        block = pair(xi, _pad(x2[j:j + size2], size2))
+                        block = pair(xi, pad_rows(x2[j:j + size2], size2))
                     block = np.asarray(block)[:rows, :cols]
                     out[i:i + rows, j:j + cols] = block
                     if symmetric and j != i:
@@ -337,16 +332,15 @@ def analytic_batch_ntk_fn(net: Network, *, chunk_size: int = 64, get: str = "ntk
             for start in range(0, m, chunk_size):
                 chunk = _as_input(x_sets[start:start + chunk_size], dtype)
                 real = len(chunk)
-                out[start:start + real] = np.asarray(within(_pad(chunk, chunk_size)))[:real]
+                out[start:start + real] = np.asarray(within(pad_rows(chunk, chunk_size)))[:real]
         return _finite(out)
 
     return blocks
 
 
 def _finite(k: np.ndarray) -> np.ndarray:
-    if not np.all(np.isfinite(k)):
-        raise FloatingPointError("The analytic NTK has NaN/inf entries: check that the inputs "
-                                 "are finite (images as uint8 or floats in [0, 1]).")
+    check_finite(k, "analytic NTK entries", fix="check that the inputs are finite (images as "
+                 "uint8 or floats in [0, 1])")
     return k
 
 

@@ -35,7 +35,7 @@ import flax.serialization
 import jax
 import numpy as np
 
-from npc_jax import labelling, records, results, strategies, train
+from npc_jax import inference, labelling, records, results, strategies, train
 from npc_jax.data import DataError, Dataset, Pool, carve_validation, load_dataset
 from npc_jax.models import Model, get_model
 from npc_jax.strategies import AcquisitionContext
@@ -219,7 +219,7 @@ class _Runner:
 
     def _evaluation(self, variables) -> dict:
         """Test accuracy (None without a labelled test split), and validation accuracy."""
-        evaluate = lambda x, y: train.evaluate(self.model, variables, x, y,
+        evaluate = lambda x, y: inference.evaluate(self.model, variables, x, y,
                                                batch_size=self.s.train.eval_batch_size)
         out = {"test_accuracy": evaluate(*self.test) if self.test is not None else None}
         if self.validation is not None:

@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from npc_jax.inference import check_finite, chunked_map, pad_rows
+
 CLASSIFIER = "classifier"  # the name of the last Dense in npc_jax.models
 
 IMPLEMENTATIONS = ("jacobian_contraction", "ntk_vector_products", "closed_form")
@@ -326,12 +328,6 @@ def _nvp_block_fn(apply_fn, params_subset, output, last_layer):
     return block
 
 
-def _pad(x: np.ndarray, size: int) -> np.ndarray:
-    # Pad a chunk to the chunk size with copies of its last row: one compile for all.
-    missing = size - len(x)
-    return x if missing <= 0 else np.concatenate([x, np.repeat(x[-1:], missing, 0)])
-
-
 def empirical_ntk_fn(apply_fn: Callable, *, implementation: str = "jacobian_contraction",
                      params_subset: str = "all", output: str = "logits",
                      chunk_size: int | None = None, last_layer: str = CLASSIFIER,
@@ -390,16 +386,16 @@ def empirical_ntk_fn(apply_fn: Callable, *, implementation: str = "jacobian_cont
         size = chunk_size or max(n1, n2)
         if n1 <= size and n2 <= size:  # one block: one compiled call
             out = gram_sym(variables, x1) if symmetric else gram(variables, x1, x2)
-            return _finite(np.asarray(out))
+            return _finite(out)
         out = np.zeros((n1, n2), np.float32)
         for i in range(0, n1, size):
-            xi = _pad(x1[i:i + size], size)
+            xi = pad_rows(x1[i:i + size], size)
             ji = jac(variables, xi) if jac is not None else None
             for j in range(0, i + 1 if symmetric else n2, size):
                 if symmetric and j == i:
                     block = contract(ji, ji) if ji is not None else gram_sym(variables, xi)
                 else:
-                    xj = _pad(x2[j:j + size], size)
+                    xj = pad_rows(x2[j:j + size], size)
                     block = (contract(ji, jac(variables, xj)) if ji is not None
                              else gram(variables, xi, xj))
                 block = np.asarray(block)
@@ -416,16 +412,10 @@ def _closed_form_fn(features_fn, output, chunk_size):
     features = jax.jit(features_fn)
 
     def embed(variables, x):
-        # (h (n, D), p (n, C)) in chunks; the closed form needs only these.
-        size = chunk_size or len(x)
-        hs, ps = [], []
-        for i in range(0, len(x), size):
-            chunk = x[i:i + size]
-            logits, h = features(variables, _pad(chunk, size))
-            hs.append(np.asarray(h)[:len(chunk)])
-            ps.append(np.asarray(jax.nn.softmax(logits) if output == "probs" else logits)
-                      [:len(chunk)])
-        return np.concatenate(hs), np.concatenate(ps)
+        # (h (n, D), p (n, C)): all the closed form needs.
+        logits, h = chunked_map(functools.partial(features, variables), x,
+                                chunk_size=chunk_size or max(len(x), 1))
+        return h, (np.asarray(jax.nn.softmax(logits)) if output == "probs" else logits)
 
     def ntk(variables, x1, x2=None):
         h1, p1 = embed(variables, np.asarray(x1, np.float32))
@@ -437,9 +427,7 @@ def _closed_form_fn(features_fn, output, chunk_size):
     return ntk
 
 
-def _finite(k: np.ndarray) -> np.ndarray:
-    if not np.all(np.isfinite(k)):
-        raise FloatingPointError(
-            "The NTK has NaN/inf entries: the model's outputs or gradients are not finite "
-            "(check the training loss, the learning rate and the inputs).")
+def _finite(k) -> np.ndarray:
+    k = np.asarray(k)
+    check_finite(k, "NTK entries (the model's outputs or gradients)")
     return k

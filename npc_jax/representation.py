@@ -23,6 +23,8 @@ import functools
 
 import numpy as np
 
+from npc_jax.inference import batched_apply
+
 __all__ = [
     "draw_labeled",
     "embed",
@@ -47,8 +49,6 @@ def draw_labeled(labels: np.ndarray, per_class: int | None, seed: int) -> np.nda
 
 def embed(model, variables, images: np.ndarray, *, batch_size: int = 1000) -> np.ndarray:
     """(N, D) float32 penultimate features of the inference-mode network."""
-    from npc_jax.train import batched_apply   # the inference path of the library
-
     _, features = batched_apply(model.apply_with_features, variables, images,
                                 batch_size=batch_size)
     return np.asarray(features, np.float32)

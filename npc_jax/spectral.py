@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import threadpoolctl
 
+from npc_jax.inference import check_finite, chunked_map
+
 
 def enable_x64():
     """A context manager that turns on 64-bit JAX types inside it.
@@ -88,10 +90,7 @@ def _check(gram):
     gram = np.asarray(gram)
     if gram.ndim not in (2, 3) or gram.shape[-1] != gram.shape[-2]:
         raise ValueError(f"Expected (n, n) or (b, n, n) Gram matrices, got shape {gram.shape}.")
-    if not np.all(np.isfinite(gram)):
-        raise FloatingPointError(
-            "Gram matrix has NaN/inf entries: the model or its features are not finite "
-            "(check the training loss and the inputs).")
+    check_finite(gram, "Gram matrix entries", fix="check the training loss and the inputs")
     return gram
 
 
@@ -140,15 +139,12 @@ def min_eigenvalue(gram, *, chunk_size: int = 256, float64: bool = False,
         return _lobpcg_min(gram, dtype, key)
     stack = gram[None] if gram.ndim == 2 else gram
     on_host = backend == "host" or (backend == "auto" and (float64 or _on_cpu()))
-    out = []
-    for i in range(0, len(stack), chunk_size):
-        chunk = stack[i:i + chunk_size]
-        if on_host:
-            out.append(_clip(*_eig_extremes_host(chunk, dtype), n, dtype))
-        else:
-            padded = jnp.asarray(_pad_stack(chunk.astype(dtype), chunk_size))
-            out.append(np.asarray(_min_eigenvalue_device(padded))[:len(chunk)])
-    result = np.concatenate(out) if out else np.zeros((0,), dtype)
+    if on_host:   # chunks bound LAPACK's workspace; no padding needed there
+        out = [_clip(*_eig_extremes_host(stack[i:i + chunk_size], dtype), n, dtype)
+               for i in range(0, len(stack), chunk_size)]
+        result = np.concatenate(out) if out else np.zeros((0,), dtype)
+    else:
+        result = chunked_map(_min_eigenvalue_device, stack.astype(dtype), chunk_size=chunk_size)
     return result[0] if gram.ndim == 2 else result
 
 
@@ -183,12 +179,3 @@ def _lobpcg_min(gram, dtype, key):
     else:
         lam_min, lam_max = solve()
     return _clip(np.asarray(lam_min, dtype), np.asarray(lam_max, dtype), n, dtype)
-
-
-def _pad_stack(stack, size):
-    # Pad with identity matrices so every call has the same shape (one compile).
-    missing = size - len(stack)
-    if missing <= 0:
-        return stack
-    eye = np.broadcast_to(np.eye(stack.shape[-1], dtype=stack.dtype), (missing, *stack.shape[1:]))
-    return np.concatenate([stack, eye])

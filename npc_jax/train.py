@@ -480,48 +480,6 @@ def _batch_statistics(model: Model, variables, images):
     return model.batch_statistics(variables, images_to_float(images))
 
 
-def predict(model: Model, variables, images, *, batch_size: int = 1000) -> np.ndarray:
-    """Inference-mode class predictions (N,) int, in fixed-size padded batches."""
-    logits = batched_apply(model.apply_fn, variables, images, batch_size=batch_size)
-    return np.argmax(logits, axis=-1)
-
-
-def batched_apply(fn, variables, images, *, batch_size: int = 1000):
-    """Applies ``fn(variables, float_images) -> pytree of (B, ...)`` over N images.
-
-    `fn` should be a stable callable (a module-level function or a bound method
-    of a hashable object): its jit-compiled version is cached by identity.
-
-    Batches are padded to `batch_size` so that one compilation serves all;
-    results are concatenated on the host (numpy). Memory: one batch on device.
-    """
-    images = np.asarray(images)
-    jitted = _jit_apply(fn)
-    if len(images) == 0:   # e.g. the labeled set of a zero-shot round
-        shapes = jax.eval_shape(jitted, variables, np.zeros((1, *images.shape[1:]), images.dtype))
-        return jax.tree_util.tree_map(lambda a: np.zeros((0, *a.shape[1:]), a.dtype), shapes)
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        real = len(chunk)
-        if real < batch_size:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - real, 0)])
-        out = jitted(variables, chunk)
-        outputs.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:real], out))
-    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *outputs)
-
-
-@functools.lru_cache(maxsize=64)
-def _jit_apply(fn):
-    return jax.jit(lambda variables, x: fn(variables, images_to_float(x)))
-
-
-def evaluate(model: Model, variables, images, labels, *, batch_size: int = 1000) -> float:
-    """Top-1 accuracy in [0, 1] of the inference-mode model on (images, labels)."""
-    predictions = predict(model, variables, images, batch_size=batch_size)
-    return float(np.mean(predictions == np.asarray(labels)))
-
-
 def timed_train(*args, **kwargs):
     """`train` plus its wall time in seconds."""
     start = time.perf_counter()

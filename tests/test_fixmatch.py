@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from npc_jax import train
+from npc_jax import inference, train
 from npc_jax.models import CLASSIFIER, Model
 from npc_jax.ssl import darp, fixmatch
 
@@ -131,7 +131,7 @@ def _pool_accuracy(config, seed):
     labeled = np.array([np.flatnonzero(labels == c)[0] for c in (0, 1)])
     data = train.make_train_data(images, labeled, labels[labeled], diagnostic_labels=labels)
     state, history = train.train(MLP, config, data, jax.random.PRNGKey(seed))
-    return train.evaluate(MLP, state.eval_variables, images, labels), history, state
+    return inference.evaluate(MLP, state.eval_variables, images, labels), history, state
 
 
 @pytest.mark.parametrize("weak_forward,use_darp", [("joint", False), ("separate", True)])

@@ -203,5 +203,5 @@ def test_errors_name_the_fix():
         ntk.empirical_ntk_fn(apply_fn, params_subset="last", last_layer="head")(
             variables, _inputs(shape, 2, 0))
     bad = jax.tree_util.tree_map(lambda a: a * np.nan, variables)
-    with pytest.raises(FloatingPointError, match="not finite"):
+    with pytest.raises(FloatingPointError, match="Non-finite NTK entries"):
         ntk.empirical_ntk_fn(apply_fn)(bad, _inputs(shape, 2, 0))

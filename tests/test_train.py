@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from npc_jax import train
+from npc_jax import inference, train
 from npc_jax.models import get_model
 
 
@@ -35,7 +35,7 @@ def test_training_lowers_the_loss_and_learns(method):
     state, history = train.train(model, config, data, jax.random.PRNGKey(0))
     assert len(history) == 4 and history[-1]["step"] == 40
     assert history[-1]["loss_labeled"] < history[0]["loss_labeled"]
-    accuracy = train.evaluate(model, state.eval_variables, images, labels)
+    accuracy = inference.evaluate(model, state.eval_variables, images, labels)
     assert accuracy > 0.8
     # What the unlabeled loss and DARP contribute is tested in test_fixmatch.py.
 
@@ -92,7 +92,7 @@ def test_batched_apply_pads_the_last_batch():
     variables = model.init(jax.random.PRNGKey(0))
     images, _ = _toy_images(23)
     whole = np.asarray(model.apply_fn(variables, images))
-    chunked = train.batched_apply(model.apply_fn, variables, images, batch_size=10)
+    chunked = inference.batched_apply(model.apply_fn, variables, images, batch_size=10)
     np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)
 
 

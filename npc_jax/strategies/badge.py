@@ -36,7 +36,8 @@ import numpy as np
 from npc_jax.data import Pool
 from npc_jax.strategies.base import Acquisition, AcquisitionContext, check_query
 from npc_jax.strategies.coreset import COPY_TOLERANCE
-from npc_jax.strategies.pool_outputs import DEFAULT_CHUNK, check_finite, map_pool, softmax
+from npc_jax.inference import check_finite
+from npc_jax.strategies.pool_outputs import DEFAULT_CHUNK, map_pool, softmax
 
 
 def gradient_factor(logits: np.ndarray) -> np.ndarray:
@@ -114,8 +115,8 @@ def kmeans_pp_gradient(factors: np.ndarray, features: np.ndarray, candidates: np
     candidates = np.asarray(candidates, bool)
     if candidates.sum() < q:
         raise ValueError(f"kmeans_pp_gradient: {candidates.sum()} candidates for q={q} picks.")
-    check_finite("gradient factors", np.asarray(factors), np.arange(len(factors)))
-    check_finite("features", np.asarray(features), np.arange(len(features)))
+    check_finite(factors, "gradient factors")
+    check_finite(features, "features")
     picks, drawn = _kmeans_pp(jnp.asarray(factors, jnp.float32),
                               jnp.asarray(features, jnp.float32),
                               jnp.asarray(candidates), key, q)

@@ -22,7 +22,7 @@ import numpy as np
 
 from npc_jax.data import Pool
 from npc_jax.models import Model
-from npc_jax.train import batched_apply
+from npc_jax.inference import batched_apply
 
 
 class Acquisition(NamedTuple):

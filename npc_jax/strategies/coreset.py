@@ -31,7 +31,8 @@ import numpy as np
 
 from npc_jax.data import Pool
 from npc_jax.strategies.base import Acquisition, AcquisitionContext, check_query
-from npc_jax.strategies.pool_outputs import DEFAULT_CHUNK, check_finite, map_pool, numpy_rng
+from npc_jax.inference import check_finite, numpy_rng
+from npc_jax.strategies.pool_outputs import DEFAULT_CHUNK, map_pool
 
 # Relative squared distance below which two samples count as copies
 # (50× the measured float32 rounding of the expanded form).
@@ -130,7 +131,7 @@ def k_center_greedy(features: np.ndarray, is_center: np.ndarray, candidates: np.
       before and after the picks.
     """
     features = np.asarray(features, np.float32)
-    check_finite("features", features, np.arange(len(features)))
+    check_finite(features, "features")
     is_center, candidates = np.asarray(is_center, bool), np.asarray(candidates, bool)
     if (is_center & candidates).any():
         raise ValueError("k_center_greedy: a sample is both a center and a candidate.")

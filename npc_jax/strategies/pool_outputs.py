@@ -12,30 +12,12 @@ from typing import Callable
 import jax
 import numpy as np
 
+from npc_jax.inference import check_finite, numpy_rng
 from npc_jax.strategies.base import AcquisitionContext
 
 # Images per call of ctx.logits_and_features: bounds the copy of pool images
 # (``ctx.images[indices]``) at 16k images (≈ 50 MB at 32×32×3 uint8).
 DEFAULT_CHUNK = 16384
-
-
-def numpy_rng(key: jax.Array) -> np.random.Generator:
-    """A numpy Generator seeded from a JAX key (deterministic per key)."""
-    return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
-
-
-def check_finite(name: str, values: np.ndarray, indices: np.ndarray) -> None:
-    """Raises ValueError naming the pool indices whose rows hold NaN or inf.
-
-    values: (n, ...) model outputs for pool `indices` (n,).
-    """
-    bad_rows = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-    if bad_rows.any():
-        bad = np.asarray(indices)[bad_rows]
-        raise ValueError(
-            f"Non-finite {name} for {bad.size} pool samples (e.g. indices {bad[:5].tolist()}): "
-            "the trained model diverged or the images hold NaN/inf; check the training "
-            "metrics and the input data.")
 
 
 def map_pool(ctx: AcquisitionContext, indices: np.ndarray,
@@ -63,8 +45,8 @@ def map_pool(ctx: AcquisitionContext, indices: np.ndarray,
         logits, features = ctx.logits_and_features(chunk)
         logits = np.asarray(logits, np.float32)
         features = np.asarray(features, np.float32)
-        check_finite("logits", logits, chunk)
-        check_finite("penultimate features", features, chunk)
+        check_finite(logits, "logits", indices=chunk)
+        check_finite(features, "penultimate features", indices=chunk)
         outputs.append(reduce_fn(logits, features))
     if not outputs:
         raise ValueError("map_pool needs at least one index.")
