@@ -4,10 +4,14 @@
     python experiments/report.py runs/l1_assl runs/l1_asl/results.jsonl --out reports/l1
 
 Arguments are run directories (every *.jsonl below them is read) or results.jsonl
-files; ASSL and ASL runs may be mixed. See `npc_jax.report` for what is written.
+files; ASSL and ASL runs may be mixed. They are read by `npc_jax.records.read_records`
+(typed round records; the files are never modified). See `npc_jax.report` for what
+is written.
 """
 import argparse
 import sys
+
+__all__ = ["main"]
 
 
 def main(argv=None):

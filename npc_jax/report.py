@@ -1,7 +1,8 @@
 """Benchmark reports: tables and figures from the records of several runs.
 
-`write_report(paths, out_dir)` reads the results.jsonl records (DESIGN.md §5)
-of any number of runs, ASSL and ASL mixed, and writes into ``out_dir``:
+`write_report(paths, out_dir)` reads the round records (`npc_jax.records.RoundRecord`,
+through `npc_jax.records.read_records`) of any number of runs, ASSL and ASL
+mixed, and writes into ``out_dir``:
 
   report.md          accuracy table (the paper's layout) + the tables below
   accuracy.{png,svg}      accuracy vs labels, mean ± std over seeds, a panel per mode
@@ -11,7 +12,8 @@ of any number of runs, ASSL and ASL mixed, and writes into ``out_dir``:
 
 A row is a (mode, strategy) pair. Statistics are over seeds; std is the sample
 std (ddof=1) everywhere, undefined (nan) for a single seed. Accuracies are in
-percent. Everything but the plotting is a pure function of a list of records.
+percent. Everything but the plotting is a pure function of a list of records
+(`Sequence[RoundRecord]`).
 """
 from __future__ import annotations
 
@@ -23,13 +25,34 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from npc_jax.records import HUMAN_LABELS_FILE, RecordsError, read_jsonl
+from npc_jax.records import LambdaMinObjective, RoundRecord, read_records
+
+__all__ = [
+    "MODE_ORDER",
+    "MODE_TITLES",
+    "Row",
+    "Stat",
+    "accuracy_markdown",
+    "acquired_class_counts",
+    "auc",
+    "label_set_iou",
+    "lambda_min_rounds",
+    "mean_std",
+    "paired_differences",
+    "plot_accuracy_curves",
+    "plot_class_counts",
+    "plot_label_iou",
+    "plot_lambda_min",
+    "report_markdown",
+    "row_name",
+    "summarize",
+    "write_report",
+]
 
 Row = tuple[str, str]  # (mode, strategy)
 
 MODE_ORDER = ("assl", "asl")
 MODE_TITLES = {"assl": "ASSL (FixMatch-DARP)", "asl": "ASL (supervised)"}
-_REQUIRED_KEYS = ("mode", "strategy", "seed", "round", "num_labels", "test_accuracy")
 
 
 class Stat(NamedTuple):
@@ -53,84 +76,27 @@ def row_name(row: Row) -> str:
     return f"{strategy} ({mode.upper()})"
 
 
-# -- reading -------------------------------------------------------------------------
+# -- grouping ------------------------------------------------------------------------
 
 
-def load_records(paths: Iterable[str | os.PathLike]) -> list[dict]:
-    """Records of run directories (every *.jsonl below them) and .jsonl files.
-
-    Read-only (`npc_jax.records.read_jsonl`): a half-written last line (a run
-    still appending) is skipped, never truncated away. In a directory, a human
-    labeller's ``human_labels.jsonl`` is not a record file and is left out.
-
-    Raises:
-      ValueError: a path that does not exist, holds no records, is not a
-        .jsonl file of run records; the same (mode, strategy, seed, round) in
-        two files; records of several datasets.
-    """
-    records, origin = [], {}
-    for path in map(Path, paths):
-        if path.is_dir():
-            # A human-labelled run keeps its labels beside its records.
-            files = sorted(f for f in path.rglob("*.jsonl") if f.name != HUMAN_LABELS_FILE)
-        elif path.is_file():
-            if path.suffix != ".jsonl":
-                raise ValueError(f"Unknown file {path}: expected a run's results.jsonl "
-                                 "(JSON lines, *.jsonl) or a run directory.")
-            files = [path]
-        else:
-            raise ValueError(f"{path} does not exist; pass run directories or results.jsonl files.")
-        file_records = [(file.resolve(), r) for file in files for r in _read_jsonl(file)]
-        if not file_records:
-            raise ValueError(f"No records found at {path}; pass a run's workdir (holding "
-                             "results.jsonl) or the .jsonl files of finished rounds.")
-        for file, record in file_records:
-            key = tuple(record[k] for k in ("mode", "strategy", "seed", "round"))
-            if key in origin:
-                if origin[key] == file:
-                    continue  # the same file reached through two arguments
-                raise ValueError(f"(mode, strategy, seed, round) = {key} is recorded in both "
-                                 f"{origin[key]} and {file}; pass each run once.")
-            origin[key] = file
-            records.append(record)
-    datasets = sorted({r["dataset"] for r in records if r.get("dataset")})
-    if len(datasets) > 1:
-        raise ValueError(f"The records come from several datasets ({', '.join(datasets)}); "
-                         "report one dataset at a time.")
-    return records
-
-
-def _read_jsonl(file: Path) -> list[dict]:
-    try:
-        file_records = read_jsonl(file)
-    except RecordsError as error:
-        raise ValueError(f"{error} Expected a results.jsonl of npc_jax.loop.") from None
-    for number, record in enumerate(file_records, 1):
-        missing = [k for k in _REQUIRED_KEYS if k not in record]
-        if missing:
-            raise ValueError(f"{file}: record {number} is not a run record (it lacks "
-                             f"{', '.join(missing)}); expected the results.jsonl records of "
-                             "npc_jax.loop (DESIGN.md §5).")
-    return file_records
-
-
-def _rows(records: Sequence[dict]) -> list[Row]:
+def _rows(records: Sequence[RoundRecord]) -> list[Row]:
     """Rows by the strategies' first appearance (a config's order), modes ASSL then ASL."""
-    strategies = list(dict.fromkeys(r["strategy"] for r in records))
-    present = {(r["mode"], r["strategy"]) for r in records}
+    strategies = list(dict.fromkeys(r.strategy for r in records))
+    present = {(r.mode, r.strategy) for r in records}
     return [(m, s) for s in strategies for m in _modes(records) if (m, s) in present]
 
 
-def _modes(records: Sequence[dict]) -> list[str]:
-    return sorted({r["mode"] for r in records},
+def _modes(records: Sequence[RoundRecord]) -> list[str]:
+    return sorted({r.mode for r in records},
                   key=lambda m: (MODE_ORDER.index(m) if m in MODE_ORDER else len(MODE_ORDER), m))
 
 
-def _by_row_seed(records: Sequence[dict]) -> dict[Row, dict[int, dict[int, dict]]]:
+def _by_row_seed(records: Sequence[RoundRecord]
+                 ) -> dict[Row, dict[int, dict[int, RoundRecord]]]:
     """{row: {seed: {round: record}}}."""
     grouped = collections.defaultdict(lambda: collections.defaultdict(dict))
     for r in records:
-        grouped[(r["mode"], r["strategy"])][r["seed"]][r["round"]] = r
+        grouped[(r.mode, r.strategy)][r.seed][r.round] = r
     return grouped
 
 
@@ -150,7 +116,7 @@ def auc(curve: Mapping[int, float], label_counts: Sequence[int]) -> float:
     return float(np.mean([curve[n] for n in label_counts]))
 
 
-def summarize(records: Sequence[dict]) -> dict:
+def summarize(records: Sequence[RoundRecord]) -> dict:
     """Accuracy statistics per row and label count, and the AUC, over seeds.
 
     Returns a dict:
@@ -164,13 +130,13 @@ def summarize(records: Sequence[dict]) -> dict:
     grouped = _by_row_seed(records)
     label_counts = collections.defaultdict(set)
     for r in records:
-        label_counts[r["mode"]].add(r["num_labels"])
+        label_counts[r.mode].add(r.num_labels)
     label_counts = {mode: sorted(label_counts[mode]) for mode in _modes(records)}
     rows = {}
     for row in _rows(records):
         # Rounds without a test accuracy (data with no labelled test split) are skipped.
-        curves = {seed: {r["num_labels"]: 100.0 * r["test_accuracy"] for r in by_round.values()
-                         if r["test_accuracy"] is not None}
+        curves = {seed: {r.num_labels: 100.0 * r.test_accuracy for r in by_round.values()
+                         if r.test_accuracy is not None}
                   for seed, by_round in sorted(grouped[row].items())}
         counts = label_counts[row[0]]
         cells = {n: mean_std(c[n] for c in curves.values() if n in c)
@@ -184,7 +150,7 @@ def summarize(records: Sequence[dict]) -> dict:
     return {"label_counts": label_counts, "max_seeds": max_seeds, "rows": rows}
 
 
-def paired_differences(records: Sequence[dict], baseline: str = "passive") -> dict:
+def paired_differences(records: Sequence[RoundRecord], baseline: str = "passive") -> dict:
     """Accuracy minus the baseline's on the same seed (same initial labels), per label count.
 
     Strategies of one seed share their initial labels and round-0 model, so the
@@ -204,14 +170,14 @@ def paired_differences(records: Sequence[dict], baseline: str = "passive") -> di
         if strategy == baseline or not base:
             continue
         mine = grouped[(mode, strategy)]
-        acc = lambda by_round: {r["num_labels"]: 100.0 * r["test_accuracy"]
-                                for r in by_round.values() if r["test_accuracy"] is not None}
+        acc = lambda by_round: {r.num_labels: 100.0 * r.test_accuracy
+                                for r in by_round.values() if r.test_accuracy is not None}
         per_count = collections.defaultdict(list)
         for seed in sorted(set(mine) & set(base)):
             a, b = acc(mine[seed]), acc(base[seed])
             for n in sorted(set(a) & set(b)):
                 per_count[n].append(a[n] - b[n])
-        smallest = min((r["num_labels"] for r in records if r["mode"] == mode), default=0)
+        smallest = min((r.num_labels for r in records if r.mode == mode), default=0)
         out[(mode, strategy)] = {n: {"diff": mean_std(d), "wins": sum(x > 0 for x in d)}
                                  for n, d in sorted(per_count.items()) if n > smallest}
     return out
@@ -220,12 +186,12 @@ def paired_differences(records: Sequence[dict], baseline: str = "passive") -> di
 # -- acquired label sets ---------------------------------------------------------------
 
 
-def _acquired_upto(by_round: Mapping[int, dict], last_round: int) -> set[int]:
+def _acquired_upto(by_round: Mapping[int, RoundRecord], last_round: int) -> set[int]:
     return {i for r, record in by_round.items() if r <= last_round
-            for i in record.get("acquired_indices") or ()}
+            for i in record.acquired_indices}
 
 
-def label_set_iou(records: Sequence[dict]) -> tuple[list[Row], np.ndarray]:
+def label_set_iou(records: Sequence[RoundRecord]) -> tuple[list[Row], np.ndarray]:
     """Pairwise IoU |A∩B| / |A∪B| of the labels two rows acquired, mean over seeds.
 
     A row's set for a seed is the union of its acquired_indices over rounds,
@@ -255,7 +221,8 @@ def label_set_iou(records: Sequence[dict]) -> tuple[list[Row], np.ndarray]:
     return names, iou
 
 
-def acquired_class_counts(records: Sequence[dict]) -> tuple[list[Row], np.ndarray, list[int]]:
+def acquired_class_counts(records: Sequence[RoundRecord]
+                          ) -> tuple[list[Row], np.ndarray, list[int]]:
     """Classes of the acquired labels per row, mean over seeds.
 
     A seed's counts are class_counts at the row's last round reached by all its
@@ -271,12 +238,11 @@ def acquired_class_counts(records: Sequence[dict]) -> tuple[list[Row], np.ndarra
     grouped = _by_row_seed(records)
     names, counts, num_seeds = [], [], []
     for row in _rows(records):
-        seeds = {seed: by_round for seed, by_round in grouped[row].items()
-                 if 0 in by_round and by_round[0].get("class_counts") is not None}
+        seeds = {seed: by_round for seed, by_round in grouped[row].items() if 0 in by_round}
         if not seeds:
             continue
         last = min(max(by_round) for by_round in seeds.values())
-        per_seed = [np.subtract(b[last]["class_counts"], b[0]["class_counts"])
+        per_seed = [np.subtract(b[last].class_counts, b[0].class_counts)
                     for b in seeds.values()]
         if len({len(c) for c in per_seed} | {len(c) for c in counts[-1:]}) > 1:
             raise ValueError(f"{row_name(row)}: class_counts of different lengths; the records "
@@ -284,7 +250,7 @@ def acquired_class_counts(records: Sequence[dict]) -> tuple[list[Row], np.ndarra
         names.append(row)
         counts.append(np.mean(per_seed, axis=0))
         num_seeds.append(len(per_seed))
-    if not names:   # no record carries class_counts
+    if not names:   # no row has a round 0
         return names, np.zeros((0, 0)), num_seeds
     return names, np.array(counts, dtype=float), num_seeds
 
@@ -292,14 +258,16 @@ def acquired_class_counts(records: Sequence[dict]) -> tuple[list[Row], np.ndarra
 # -- NPC's objective -----------------------------------------------------------------
 
 
-_RANDOM_STATS = {"mean": ("mean",), "q25": ("quantiles", "0.25"), "median": ("quantiles", "0.5"),
-                 "q75": ("quantiles", "0.75"), "max": ("quantiles", "1.0")}
+# The random batches' statistics in the report: name -> its value (None if not recorded).
+_RANDOM_STATS = {"mean": lambda b: b.mean, "q25": lambda b: b.quantile(0.25),
+                 "median": lambda b: b.quantile(0.5), "q75": lambda b: b.quantile(0.75),
+                 "max": lambda b: b.quantile(1.0)}
 
 
-def lambda_min_rounds(records: Sequence[dict]) -> dict[Row, list[dict]]:
+def lambda_min_rounds(records: Sequence[RoundRecord]) -> dict[Row, list[dict]]:
     """Per round, the chosen batch's λ_min against the random candidate batches'.
 
-    Only rows whose records carry objective.lambda_min (NPC strategies).
+    Only rows whose records carry a `LambdaMinObjective` (NPC strategies).
 
     Returns:
       {row: [one dict per acquisition round, by round:
@@ -311,34 +279,24 @@ def lambda_min_rounds(records: Sequence[dict]) -> dict[Row, list[dict]]:
     """
     per_round = collections.defaultdict(lambda: collections.defaultdict(list))
     for r in records:
-        objective = r.get("objective")
-        if isinstance(objective, dict) and objective.get("lambda_min") is not None:
-            per_round[(r["mode"], r["strategy"])][(r["round"], r["num_labels"])].append(objective)
+        if isinstance(r.objective, LambdaMinObjective):
+            per_round[(r.mode, r.strategy)][(r.round, r.num_labels)].append(r.objective)
     result = {}
     for row in _rows(records):
         if row not in per_round:
             continue
         result[row] = []
         for (round_, num_labels), objectives in sorted(per_round[row].items()):
-            randoms = [o["random_batches"] for o in objectives if o.get("random_batches")]
-            random = {name: float(np.mean([_dig(s, keys) for s in randoms]))
-                      for name, keys in _RANDOM_STATS.items()
-                      if randoms and all(_dig(s, keys) is not None for s in randoms)}
-            ratios = [o["lambda_min"] / _dig(o["random_batches"], _RANDOM_STATS["median"])
-                      for o in objectives
-                      if _dig(o.get("random_batches"), _RANDOM_STATS["median"])]
+            randoms = [o.random_batches for o in objectives if o.random_batches]
+            random = {name: float(np.mean([stat(b) for b in randoms]))
+                      for name, stat in _RANDOM_STATS.items()
+                      if randoms and all(stat(b) is not None for b in randoms)}
+            ratios = [o.lambda_min / o.random_batches.median for o in objectives
+                      if o.random_batches and o.random_batches.median]
             result[row].append({"round": round_, "num_labels": num_labels,
-                                "chosen": mean_std(o["lambda_min"] for o in objectives),
+                                "chosen": mean_std(o.lambda_min for o in objectives),
                                 "random": random, "chosen_over_median": mean_std(ratios)})
     return result
-
-
-def _dig(mapping, keys):
-    for key in keys:
-        if not isinstance(mapping, dict) or key not in mapping:
-            return None
-        mapping = mapping[key]
-    return mapping
 
 
 # -- markdown --------------------------------------------------------------------------
@@ -397,29 +355,15 @@ def _number(value: float) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{value:.3g}"
 
 
-def report_markdown(records: Sequence[dict], sources: Sequence[str] = (),
+def report_markdown(records: Sequence[RoundRecord], sources: Sequence[str] = (),
                     figures: Sequence[str] = ()) -> str:
     """The whole report.md: accuracy, label-set IoU, class counts, NPC's λ_min."""
     summary = summarize(records)
-    dataset = next((r["dataset"] for r in records if r.get("dataset")), "unknown dataset")
+    dataset = next((r.dataset for r in records if r.dataset), "unknown dataset")
     lines = [f"# Report: {dataset}", "",
              f"{len(records)} records from {', '.join(map(str, sources)) or 'memory'}.", "",
              "## Accuracy", "", accuracy_markdown(summary), ""]
-
-    paired = paired_differences(records)
-    if paired:
-        counts = sorted({n for row in paired.values() for n in row})
-        lines += ["## Paired differences to passive", "",
-                  "Accuracy minus passive's on the same seed (same initial labels and round-0 "
-                  "model), in points: mean ± sample std over the common seeds, (wins / seeds).",
-                  ""]
-        lines += _table(["strategy", "mode", *map(str, counts)],
-                        ([strategy, mode.upper(),
-                          *(f"{row[n]['diff'].mean:+.2f} ± {row[n]['diff'].std:.2f} "
-                            f"({row[n]['wins']}/{row[n]['diff'].n})" if n in row else "—"
-                            for n in counts)]
-                         for (mode, strategy), row in paired.items()), 2)
-        lines.append("")
+    lines += _paired_section(records)
 
     names, iou = label_set_iou(records)
     lines += ["## Overlap of the acquired label sets", "",
@@ -429,38 +373,64 @@ def report_markdown(records: Sequence[dict], sources: Sequence[str] = (),
     lines += _table(["", *map(row_name, names)],
                     ([row_name(a), *("—" if math.isnan(v) else f"{v:.2f}" for v in line)]
                      for a, line in zip(names, iou)), 1)
+    lines += _class_counts_section(records)
+    lines += _lambda_min_section(records)
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
+    return "\n".join(lines) + "\n"
 
+
+def _paired_section(records: Sequence[RoundRecord]) -> list[str]:
+    """report.md's paired differences to passive (nothing when no mode has passive)."""
+    paired = paired_differences(records)
+    if not paired:
+        return []
+    counts = sorted({n for row in paired.values() for n in row})
+    lines = ["## Paired differences to passive", "",
+             "Accuracy minus passive's on the same seed (same initial labels and round-0 "
+             "model), in points: mean ± sample std over the common seeds, (wins / seeds).",
+             ""]
+    lines += _table(["strategy", "mode", *map(str, counts)],
+                    ([strategy, mode.upper(),
+                      *(f"{row[n]['diff'].mean:+.2f} ± {row[n]['diff'].std:.2f} "
+                        f"({row[n]['wins']}/{row[n]['diff'].n})" if n in row else "—"
+                        for n in counts)]
+                     for (mode, strategy), row in paired.items()), 2)
+    return lines + [""]
+
+
+def _class_counts_section(records: Sequence[RoundRecord]) -> list[str]:
+    """report.md's classes of the acquired labels."""
     names, counts, num_seeds = acquired_class_counts(records)
-    lines += ["", "## Classes of the acquired labels", "",
-              "Acquired labels per class (class_counts at the last round every seed of the row "
-              "reached minus round 0), mean over seeds; uniform = acquired / classes. "
-              "max/min: the most over the fewest acquired class.", ""]
+    lines = ["", "## Classes of the acquired labels", "",
+             "Acquired labels per class (class_counts at the last round every seed of the row "
+             "reached minus round 0), mean over seeds; uniform = acquired / classes. "
+             "max/min: the most over the fewest acquired class.", ""]
     body = []
     for row, c, n in zip(names, counts, num_seeds):
         spread = f"{c.max() / c.min():.2f}" if c.min() > 0 else "∞"
         body.append([row_name(row), *(f"{v:.1f}" for v in c), f"{c.sum():.1f}",
                      f"{c.sum() / len(c):.1f}", spread, str(n)])
-    lines += _table(["", *map(str, range(counts.shape[1])), "acquired", "uniform", "max/min",
-                     "seeds"], body, 1)
+    return lines + _table(["", *map(str, range(counts.shape[1])), "acquired", "uniform",
+                           "max/min", "seeds"], body, 1)
 
-    lines += ["", "## NPC: the chosen batch's λ_min vs the random candidate batches", ""]
+
+def _lambda_min_section(records: Sequence[RoundRecord]) -> list[str]:
+    """report.md's NPC λ_min table (a sentence when no record has a λ_min objective)."""
+    lines = ["", "## NPC: the chosen batch's λ_min vs the random candidate batches", ""]
     lam = lambda_min_rounds(records)
-    if lam:
-        lines += ["λ_min of the acquired batch and statistics of the m random candidate batches' "
-                  "λ_min (objective.random_batches), each averaged over seeds; ratio: mean over "
-                  "seeds of chosen / random median.", ""]
-        lines += _table(["", "round", "labels", "seeds", "chosen λ_min", "random mean",
-                         "random median", "random max", "chosen / median"],
-                        ([row_name(row), str(e["round"]), str(e["num_labels"]),
-                          str(e["chosen"].n), _number(e["chosen"].mean),
-                          *(_number(e["random"].get(k)) for k in ("mean", "median", "max")),
-                          _number(e["chosen_over_median"].mean)]
-                         for row, entries in lam.items() for e in entries), 1)
-    else:
-        lines.append("No record carries objective.lambda_min (no NPC strategy in these runs).")
-    if figures:
-        lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
-    return "\n".join(lines) + "\n"
+    if not lam:
+        return lines + ["No record carries objective.lambda_min (no NPC strategy in these runs)."]
+    lines += ["λ_min of the acquired batch and statistics of the m random candidate batches' "
+              "λ_min (objective.random_batches), each averaged over seeds; ratio: mean over "
+              "seeds of chosen / random median.", ""]
+    return lines + _table(["", "round", "labels", "seeds", "chosen λ_min", "random mean",
+                           "random median", "random max", "chosen / median"],
+                          ([row_name(row), str(e["round"]), str(e["num_labels"]),
+                            str(e["chosen"].n), _number(e["chosen"].mean),
+                            *(_number(e["random"].get(k)) for k in ("mean", "median", "max")),
+                            _number(e["chosen_over_median"].mean)]
+                           for row, entries in lam.items() for e in entries), 1)
 
 
 # -- figures ---------------------------------------------------------------------------
@@ -598,15 +568,24 @@ def plot_lambda_min(rounds: Mapping[Row, list[dict]], stem: Path) -> list[Path]:
 
 
 def write_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list[Path]:
-    """Reads the records under `paths`, writes report.md and the figures; returns their paths."""
-    records = load_records(paths)
+    """Reads the records under `paths`, writes report.md and the figures; returns their paths.
+
+    Raises:
+      ValueError: `npc_jax.records.read_records`'s refusals (a records
+        error is a ValueError); records of several datasets; `out_dir` is a file.
+    """
+    records = read_records(paths)
+    datasets = sorted({r.dataset for r in records if r.dataset})
+    if len(datasets) > 1:
+        raise ValueError(f"The records come from several datasets ({', '.join(datasets)}); "
+                         "report one dataset at a time.")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file; give a directory for report.md and the "
                          "figures.")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    if any(r["test_accuracy"] is not None for r in records):   # else: no test split
+    if any(r.test_accuracy is not None for r in records):   # else: no test split
         written += plot_accuracy_curves(summarize(records), out_dir / "accuracy")
     names, iou = label_set_iou(records)
     written += plot_label_iou(names, iou, out_dir / "label_iou")

@@ -1,37 +1,40 @@
-"""Run records (results.jsonl): reading them, summary tables and plots.
+"""A run's summary: the accuracy table and plot of its round records.
 
-One JSON object per (mode, strategy, seed, round); see DESIGN.md §5. The file
-rules (whole fsync'd lines, readers that never modify, repairs only when a
-log is opened to append) live in `npc_jax.records`.
+The records are `npc_jax.records.RoundRecord`s, read with
+`npc_jax.records.read_records` (the one reader; it never modifies a file).
+The layout is `npc_jax.report`'s (mean ± sample std over seeds, AUC).
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Iterable
 
-from npc_jax.records import read_jsonl
+from npc_jax.records import RoundRecord
 
-__all__ = ["format_table", "plot_accuracy", "read_records"]
-
-
-def read_records(paths: Iterable[str | os.PathLike]) -> list[dict]:
-    """Records of several run directories or results.jsonl files."""
-    records = []
-    for path in paths:
-        path = Path(path)
-        records += read_jsonl(path / "results.jsonl" if path.is_dir() else path)
-    return records
+__all__ = ["as_records", "format_table", "plot_accuracy"]
 
 
-def format_table(records: list[dict]) -> str:
+def as_records(records: Iterable[RoundRecord | Mapping]) -> list[RoundRecord]:
+    """`RoundRecord`s of typed records or their JSON dicts (``RoundRecord.from_json``).
+
+    Raises:
+      RecordsError: a dict that is not a round record (the field named).
+    """
+    return [r if isinstance(r, RoundRecord) else RoundRecord.from_json(r, where=f"record {i}")
+            for i, r in enumerate(records)]
+
+
+def format_table(records: Iterable[RoundRecord | Mapping]) -> str:
     """Markdown accuracy table of `records` (npc_jax.report's layout: mean ± sample std, AUC)."""
     from npc_jax import report
-    return report.accuracy_markdown(report.summarize(records))
+    return report.accuracy_markdown(report.summarize(as_records(records)))
 
 
-def plot_accuracy(records: list[dict], path: str | os.PathLike) -> None:
+def plot_accuracy(records: Iterable[RoundRecord | Mapping], path: str | os.PathLike) -> None:
     """Accuracy vs labels (mean ± sample std over seeds), a panel per mode, PNG at `path`."""
     from npc_jax import report
     path = Path(path)
-    report.plot_accuracy_curves(report.summarize(records), path.with_suffix(""), formats=("png",))
+    report.plot_accuracy_curves(report.summarize(as_records(records)), path.with_suffix(""),
+                                formats=("png",))

@@ -1,30 +1,53 @@
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from npc_jax import records as records_lib
 from npc_jax import report
+from npc_jax.records import NPCObjective, NPCSearchObjective, RandomBatches
 
 ROOT = Path(__file__).resolve().parents[1]
+COMMITTED_REPORT = ROOT / "records" / "l1" / "report"
+
+
+def make_record(**fields) -> records_lib.RoundRecord:
+    """A `RoundRecord` with plausible values for every field a test does not set."""
+    n = fields.get("num_labels", 10)
+    defaults = dict(
+        dataset="toy", dataset_fingerprint=None, mode="assl", strategy="passive", seed=0,
+        round=0, num_labels=n, test_accuracy=0.5, validation_accuracy=None,
+        labeled_indices=list(range(n)), acquired_indices=[], class_counts=[0, 0, 0],
+        objective=None, acquisition_seconds=0.0, train_seconds=1.0,
+        train_metrics={"loss": 0.1, "step": 10}, strategy_options={}, pretraining=None,
+        shared_initial_model=fields.get("round", 0) == 0, initial_trainings=None,
+        strategy_state=None, config={"dataset": "toy"}, config_hash="0123456789abcdef")
+    return records_lib.RoundRecord(**{**defaults, **fields})
 
 
 def _run(mode, strategy, seed, accuracies, acquired=None, class_counts=None, objectives=None):
     """Records of one (mode, strategy, seed): round r has 10 + 20 r labels."""
-    return [{"dataset": "toy", "mode": mode, "strategy": strategy, "seed": seed, "round": r,
-             "num_labels": 10 + 20 * r, "test_accuracy": accuracy,
-             "acquired_indices": acquired[r] if acquired else [],
-             "class_counts": class_counts[r] if class_counts else None,
-             "objective": objectives[r] if objectives else None}
+    return [make_record(mode=mode, strategy=strategy, seed=seed, round=r, num_labels=10 + 20 * r,
+                        test_accuracy=accuracy,
+                        acquired_indices=acquired[r] if acquired else [],
+                        class_counts=class_counts[r] if class_counts else [0, 0, 0],
+                        objective=objectives[r] if objectives else None)
             for r, accuracy in enumerate(accuracies)]
 
 
 def _random_batches(median):
-    return {"num": 4, "mean": median, "std": 0.1,
-            "quantiles": {"0.0": median / 2, "0.25": 0.8 * median, "0.5": median,
-                          "0.75": 1.2 * median, "1.0": 1.5 * median}}
+    return RandomBatches(num=4, mean=median, std=0.1,
+                         quantiles={"0.0": median / 2, "0.25": 0.8 * median, "0.5": median,
+                                    "0.75": 1.2 * median, "1.0": 1.5 * median})
+
+
+def _npc(lambda_min, median):
+    return NPCObjective(lambda_min=lambda_min, random_batches=_random_batches(median),
+                        kernel="last", output="logits", normalize=False)
 
 
 def _records():
@@ -33,13 +56,16 @@ def _records():
                  [[1, 1, 1], [2, 2, 1], [3, 2, 1]])
             + _run("assl", "A", 1, [0.6, 0.9, 0.95], [[7, 8], [9, 10], []],
                    [[1, 1, 1], [1, 1, 2], [1, 1, 4]])
-            + _run("assl", "A", 2, [0.7, 0.8, 0.85])
+            + _run("assl", "A", 2, [0.7, 0.8, 0.85], None,
+                   [[1, 1, 1], [1, 2, 1], [1, 3, 1]])
             + _run("assl", "B", 0, [0.5, 0.6, 0.65], [[2, 3], [5, 6], []],
-                   objectives=[{"lambda_min": 2.0, "random_batches": _random_batches(1.0)},
-                               {"lambda_min": 8.0, "random_batches": _random_batches(4.0)}, None])
+                   objectives=[_npc(2.0, 1.0), _npc(8.0, 4.0), None])
             + _run("assl", "B", 1, [0.5, 0.6, 0.65], [[7, 8], [9, 11], []],
-                   objectives=[{"lambda_min": 6.0, "random_batches": _random_batches(2.0)},
-                               {"lambda_min": 4.0}, None])
+                   objectives=[_npc(6.0, 2.0),
+                               NPCSearchObjective(lambda_min=4.0, start_lambda_min=3.0,
+                                                  swaps_accepted=2, kernel="last",
+                                                  output="logits", normalize=False,
+                                                  greedy_lambda_min=3.0), None])
             + _run("assl", "C", 0, [0.5], [[1, 9]], [[1, 1, 1]])
             + _run("asl", "A", 0, [0.3, 0.4, 0.5], [[1, 2], [3, 4], []]))
 
@@ -98,11 +124,11 @@ def test_label_set_iou_by_hand():
 
 def test_acquired_class_counts_by_hand():
     names, counts, num_seeds = report.acquired_class_counts(_records())
-    # A: seeds 0, 1 carry class counts: [2,1,0] and [0,0,3]; seed 2 has none.
-    assert names[:2] == [("assl", "A"), ("assl", "C")]
-    assert counts[0] == pytest.approx([1.0, 0.5, 1.5]) and num_seeds[0] == 2
-    assert counts[1] == pytest.approx([0.0, 0.0, 0.0])  # C reached only round 0
-    assert counts.shape == (2, 3)
+    # A: seeds 0, 1, 2 acquired classes [2,1,0], [0,0,3], [0,2,0].
+    assert names == [("assl", "A"), ("asl", "A"), ("assl", "B"), ("assl", "C")]
+    assert counts[0] == pytest.approx([2 / 3, 1.0, 1.0]) and num_seeds[0] == 3
+    assert counts[3] == pytest.approx([0.0, 0.0, 0.0])  # C reached only round 0
+    assert counts.shape == (4, 3)
 
 
 def test_lambda_min_rounds_by_hand():
@@ -119,44 +145,47 @@ def test_lambda_min_rounds_by_hand():
 
 def _write(path, records, tail=""):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
+    path.write_text("".join(json.dumps(r.to_json() if hasattr(r, "to_json") else r) + "\n"
+                            for r in records) + tail)
     return path
 
 
-def test_load_records_skips_a_torn_tail_and_rejects_bad_paths(tmp_path):
-    records = _records()
-    _write(tmp_path / "run" / "results.jsonl", records[:3], tail='{"mode": "as')
-    # A complete last line without its newline is still a record.
-    _write(tmp_path / "other.jsonl", records[3:], tail="")
-    (tmp_path / "other.jsonl").write_text((tmp_path / "other.jsonl").read_text().rstrip("\n"))
-    loaded = report.load_records([tmp_path / "run", tmp_path / "other.jsonl",
-                                  tmp_path / "run" / "results.jsonl"])  # the same file twice
-    assert loaded == records
-    assert (tmp_path / "run" / "results.jsonl").read_text().endswith('{"mode": "as')  # untouched
+def _cli():
+    spec = importlib.util.spec_from_file_location("report_cli", ROOT / "experiments/report.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
 
-    with pytest.raises(ValueError, match="does not exist"):
-        report.load_records([tmp_path / "missing"])
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="No records found"):
-        report.load_records([tmp_path / "empty"])
-    (tmp_path / "notes.txt").write_text("hello\n")
-    with pytest.raises(ValueError, match="Unknown file"):
-        report.load_records([tmp_path / "notes.txt"])
-    _write(tmp_path / "bench.jsonl", [{"step": 1}])
-    with pytest.raises(ValueError, match="lacks mode"):
-        report.load_records([tmp_path / "bench.jsonl"])
-    _write(tmp_path / "copy" / "results.jsonl", records[:1])
-    with pytest.raises(ValueError, match="recorded in both"):
-        report.load_records([tmp_path / "run", tmp_path / "copy"])
+
+def test_the_committed_l1_report_is_reproduced_bit_for_bit(tmp_path, monkeypatch):
+    """`experiments/report.py records/l1` gives the committed records/l1/report byte for byte.
+
+    report.md always; the SVGs when this matplotlib is the one that drew them
+    (another version draws the same data with other bytes).
+    """
+    matplotlib = pytest.importorskip("matplotlib")
+    monkeypatch.chdir(ROOT)                      # report.md names its sources as given
+    _cli().main(["records/l1", "--out", str(tmp_path)])
+    assert (tmp_path / "report.md").read_bytes() == (COMMITTED_REPORT / "report.md").read_bytes()
+    for committed in sorted(COMMITTED_REPORT.glob("*.svg")):
+        drawn_by = re.search(rb"Matplotlib v([0-9][^ ]*) ", committed.read_bytes())
+        if drawn_by and drawn_by.group(1).decode() == matplotlib.__version__:
+            assert (tmp_path / committed.name).read_bytes() == committed.read_bytes(), committed
+
+
+def test_write_report_refuses_records_of_several_datasets(tmp_path):
+    _write(tmp_path / "a" / "results.jsonl", _run("assl", "A", 0, [0.5]))
+    _write(tmp_path / "b" / "results.jsonl",
+           [make_record(dataset="other", strategy="B", num_labels=10)])
+    with pytest.raises(ValueError, match=r"several datasets \(other, toy\)"):
+        report.write_report([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
 
 
 def test_cli_writes_the_report_and_all_figures(tmp_path):
     records = _records()
-    _write(tmp_path / "assl" / "results.jsonl", [r for r in records if r["mode"] == "assl"])
-    _write(tmp_path / "asl" / "results.jsonl", [r for r in records if r["mode"] == "asl"])
-    spec = importlib.util.spec_from_file_location("report_cli", ROOT / "experiments/report.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    _write(tmp_path / "assl" / "results.jsonl", [r for r in records if r.mode == "assl"])
+    _write(tmp_path / "asl" / "results.jsonl", [r for r in records if r.mode == "asl"])
+    cli = _cli()
     out = tmp_path / "out"
     cli.main([str(tmp_path / "assl"), str(tmp_path / "asl" / "results.jsonl"), "--out", str(out)])
     for stem in ("accuracy", "label_iou", "class_counts", "lambda_min"):
@@ -168,6 +197,10 @@ def test_cli_writes_the_report_and_all_figures(tmp_path):
     assert "| A | ASL |" in text and "| B (ASSL) | 0 | 10 | 2 | 4 |" in text
     with pytest.raises(SystemExit, match="does not exist"):
         cli.main([str(tmp_path / "nowhere"), "--out", str(out)])
+    _write(tmp_path / "bench.jsonl", [{"step": 1}])
+    with pytest.raises(SystemExit, match=r"bench.jsonl:1 is not a RoundRecord: unknown field "
+                                         r"'step'; missing fields"):
+        cli.main([str(tmp_path / "bench.jsonl"), "--out", str(out)])
 
 
 def test_paired_differences_to_passive_by_hand():
