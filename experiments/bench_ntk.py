@@ -41,7 +41,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from npc_jax import ntk  # noqa: E402
+from npc_jax import infinite, ntk  # noqa: E402
 from npc_jax.models import CLASSIFIER, count_params, get_model  # noqa: E402
 
 
@@ -163,9 +163,9 @@ def main(argv=None):
                         help="skip neural-tangents when its Jacobian would exceed this")
     parser.add_argument("--out", default="runs/bench_ntk.json")
     args = parser.parse_args(argv)
-    try:
-        import neural_tangents as nt
-    except Exception as err:  # the core runs without it (DESIGN.md §6)
+    try:   # through npc_jax.infinite, the one module that imports neural-tangents
+        nt, _ = infinite.import_neural_tangents()
+    except ImportError as err:  # the core runs without it (DESIGN.md §6)
         print(f"neural-tangents unavailable ({err}); peer rows skipped.")
         nt = None
     results = []

@@ -187,11 +187,11 @@ def measure_ours(steps, model_name="cnn", dtype="float32"):
                                       "darp_warmup": 0.0, **overrides})
         state = train.init_state(model, config, jax.random.PRNGKey(0), len(images))
         key = jax.random.PRNGKey(1)
-        step = lambda s: train._train_step(s, train_data, key, step_fn=step_fn, model=model,
-                                           config=config)
+        step = lambda s: train.train_step(s, train_data, key, step_fn=step_fn, model=model,
+                                          config=config)
         try:
-            cost = train._train_step.lower(state, train_data, key, step_fn=step_fn, model=model,
-                                           config=config).compile().cost_analysis()
+            cost = train.train_step.lower(state, train_data, key, step_fn=step_fn, model=model,
+                                          config=config).compile().cost_analysis()
             cost = cost[0] if isinstance(cost, (list, tuple)) else cost
             flops[name] = float(cost.get("flops", 0.0))
         except Exception:   # cost analysis is best-effort across JAX versions

@@ -40,6 +40,7 @@ __all__ = [
     "Dataset",
     "Pool",
     "images_to_float",
+    "import_tfds",
     "load_dataset",
     "read_idx",
     "validate_arrays",
@@ -564,7 +565,7 @@ def _check_npz_sizes(path: Path) -> None:
 # --------------------------------------------------------------------------- #
 
 
-def _import_tfds():
+def import_tfds():
     """Imports tensorflow-datasets quietly, keeping TensorFlow off the GPUs JAX uses."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # respects a user's own setting.
     try:
@@ -600,7 +601,7 @@ def _tfds_split_to_numpy(tfds, dataset, *, what: str) -> tuple[np.ndarray, np.nd
 
 
 def _load_tfds(name: str, tfds_name: str, data_dir: str | None, seed: int) -> Dataset:
-    tfds = _import_tfds()
+    tfds = import_tfds()
     fix = (f"pass data_dir= a tfds data directory where {tfds_name!r} is prepared "
            f"(`tfds build {tfds_name} --data_dir=DIR` on a machine with internet), "
            "or export the arrays to an .npz and use npz:PATH")

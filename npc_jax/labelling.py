@@ -207,8 +207,8 @@ def class_names(name: str, num_classes: int, *, data_dir=None) -> tuple[str, ...
                 return None
             return _check_class_names(archive["class_names"], num_classes, source=str(path))
     try:  # Best effort: a tfds builder that cannot tell just leaves ids.
-        from npc_jax.data import _import_tfds
-        tfds = _import_tfds()
+        from npc_jax.data import import_tfds
+        tfds = import_tfds()
         tfds_name = name[len("tfds:"):] if name.startswith("tfds:") else name
         info = tfds.builder(tfds_name, data_dir=data_dir or None).info
         names = info.features[info.supervised_keys[1]].names

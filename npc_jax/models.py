@@ -23,6 +23,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+__all__ = [
+    "CLASSIFIER",
+    "Model",
+    "SmallCNN",
+    "Variables",
+    "WideResNet",
+    "count_params",
+    "get_model",
+]
+
 Variables = Any  # {"params": ..., "batch_stats": ...}
 
 CLASSIFIER = "classifier"

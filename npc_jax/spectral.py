@@ -30,6 +30,14 @@ import threadpoolctl
 
 from npc_jax.inference import check_finite, chunked_map
 
+__all__ = [
+    "BACKENDS",
+    "enable_x64",
+    "min_eigenvalue",
+    "min_eigenvalue_jax",
+    "roundoff_tolerance",
+]
+
 
 def enable_x64():
     """A context manager that turns on 64-bit JAX types inside it.

@@ -26,6 +26,23 @@ from npc_jax.data import images_to_float
 from npc_jax.models import Model
 from npc_jax.ssl import augment, darp, fixmatch, thresholds
 
+__all__ = [
+    "TrainConfig",
+    "TrainData",
+    "TrainState",
+    "cosine_7_16",
+    "fixmatch_step",
+    "init_state",
+    "make_optimizer",
+    "make_train_data",
+    "recalibrate_batch_stats",
+    "start_from",
+    "supervised_step",
+    "timed_train",
+    "train",
+    "train_step",
+]
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -391,8 +408,11 @@ def fixmatch_step(state: TrainState, data: TrainData, key: jax.Array, *,
 
 @functools.partial(jax.jit, static_argnames=("step_fn", "model", "config"),
                    donate_argnums=(0,))
-def _train_step(state: TrainState, data: TrainData, key: jax.Array, *,
-                step_fn, model: Model, config: TrainConfig):
+def train_step(state: TrainState, data: TrainData, key: jax.Array, *,
+               step_fn, model: Model, config: TrainConfig):
+    """One jitted training step, as `train` runs it: `step_fn` (`supervised_step`
+    or `fixmatch_step`) with the step's key folded in from `key` and
+    `state.step`. `state` is donated. Returns (state, metrics)."""
     # One jitted step per call, not a lax.scan of steps: XLA:CPU compiles
     # convolutions inside loops without its fast (Eigen/oneDNN) kernels, which
     # measured 20-40x slower here. Dispatch is asynchronous, so the host does
@@ -434,8 +454,8 @@ def train(model: Model, config: TrainConfig, data: TrainData, key: jax.Array, *,
         for step in range(done, done + num_steps):
             step_fn = (supervised_step if config.method == "supervised" or step < warmup_steps
                        else fixmatch_step)
-            state, step_metrics = _train_step(state, data, steps_key, step_fn=step_fn,
-                                              model=model, config=config)
+            state, step_metrics = train_step(state, data, steps_key, step_fn=step_fn,
+                                             model=model, config=config)
             chunk.append(step_metrics)
         done += num_steps
         metrics = {k: float(np.mean([m[k] for m in jax.device_get(chunk) if k in m]))

@@ -45,11 +45,11 @@ def test_a_training_compiles_its_step_once_and_is_deterministic():
     data = train.make_train_data(images, np.arange(6), labels[:6])
     model = get_model("cnn", 2)
     config = dataclasses.replace(TINY, steps=6, chunk_steps=2)
-    compiled_before = train._train_step._cache_size()
+    compiled_before = train.train_step._cache_size()
     a, _ = train.train(model, config, data, jax.random.PRNGKey(1))
-    assert train._train_step._cache_size() == compiled_before + 1
+    assert train.train_step._cache_size() == compiled_before + 1
     b, _ = train.train(model, config, data, jax.random.PRNGKey(1))
-    assert train._train_step._cache_size() == compiled_before + 1
+    assert train.train_step._cache_size() == compiled_before + 1
     for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 

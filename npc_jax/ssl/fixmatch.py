@@ -13,6 +13,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+__all__ = [
+    "UnlabeledLossInfo",
+    "cross_entropy",
+    "pseudo_label_loss",
+]
+
 
 class UnlabeledLossInfo(NamedTuple):
     mask: jax.Array          # (B_u,) float32, 1 where the pseudo-label is confident

@@ -42,6 +42,7 @@ __all__ = [
     "PretrainConfig",
     "PretrainState",
     "init_state",
+    "jitted_step",
     "nt_xent_loss",
     "pretrain_step",
     "simsiam_loss",

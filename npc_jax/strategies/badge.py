@@ -39,6 +39,14 @@ from npc_jax.strategies.coreset import COPY_TOLERANCE
 from npc_jax.inference import check_finite
 from npc_jax.strategies.pool_outputs import DEFAULT_CHUNK, map_pool, softmax
 
+__all__ = [
+    "Badge",
+    "factored_sq_distances",
+    "gradient_embeddings",
+    "gradient_factor",
+    "kmeans_pp_gradient",
+]
+
 
 def gradient_factor(logits: np.ndarray) -> np.ndarray:
     """(n, C) logits -> (n, C) float32 a = p − onehot(argmax p)."""

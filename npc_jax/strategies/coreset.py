@@ -34,6 +34,13 @@ from npc_jax.strategies.base import Acquisition, AcquisitionContext, check_query
 from npc_jax.inference import check_finite, numpy_rng
 from npc_jax.strategies.pool_outputs import DEFAULT_CHUNK, map_pool
 
+__all__ = [
+    "COPY_TOLERANCE",
+    "Coreset",
+    "k_center_greedy",
+    "min_sq_distances",
+]
+
 # Relative squared distance below which two samples count as copies
 # (50× the measured float32 rounding of the expanded form).
 COPY_TOLERANCE = 1e-5

@@ -7,6 +7,10 @@ import numpy as np
 from npc_jax.data import Pool
 from npc_jax.strategies.base import Acquisition, AcquisitionContext, check_query
 
+__all__ = [
+    "Passive",
+]
+
 
 class Passive:
     name = "passive"

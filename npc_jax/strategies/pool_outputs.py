@@ -15,6 +15,13 @@ import numpy as np
 from npc_jax.inference import check_finite, numpy_rng
 from npc_jax.strategies.base import AcquisitionContext
 
+__all__ = [
+    "DEFAULT_CHUNK",
+    "map_pool",
+    "softmax",
+    "top_q",
+]
+
 # Images per call of ctx.logits_and_features: bounds the copy of pool images
 # (``ctx.images[indices]``) at 16k images (≈ 50 MB at 32×32×3 uint8).
 DEFAULT_CHUNK = 16384

@@ -23,6 +23,17 @@ from npc_jax.data import Pool
 from npc_jax.strategies.base import Acquisition, AcquisitionContext, check_query
 from npc_jax.strategies.pool_outputs import DEFAULT_CHUNK, map_pool, softmax, top_q
 
+__all__ = [
+    "Entropy",
+    "LeastConfidence",
+    "Margin",
+    "SCORES",
+    "UncertaintySampling",
+    "entropy_scores",
+    "least_confidence_scores",
+    "margin_scores",
+]
+
 
 def least_confidence_scores(logits: np.ndarray) -> np.ndarray:
     """(n, C) logits -> (n,) 1 − max probability, float64 in [0, 1 − 1/C]."""
