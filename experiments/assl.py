@@ -17,6 +17,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for records, checkpoi
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _print(record):
+    from npc_jax import loop   # imported in main, after the flags are parsed
+    print(loop.describe_record(record), flush=True)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -26,7 +31,7 @@ def main(argv):
     # break "same seed, same labels, bit for bit" across a resumed run.
     from npc_jax import loop, results
     try:
-        records = loop.run(_CONFIG.value, _WORKDIR.value)
+        records = loop.run(_CONFIG.value, _WORKDIR.value, on_record=_print)
     except ValueError as error:   # config, data and workdir errors name their fix
         sys.exit(f"error: {error}")
     print()

@@ -43,6 +43,11 @@ def _import_command(csv_path) -> str:
     return shlex.join(["python", sys.argv[0], *args, f"--labels={csv_path}"])
 
 
+def _print(record):
+    from npc_jax import loop   # imported in main, after the flags are parsed
+    print(loop.describe_record(record), flush=True)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -64,7 +69,7 @@ def main(argv):
         if _IMPORT_ONLY.value:
             return
     try:
-        records = loop.run(_CONFIG.value, _WORKDIR.value, labels="human")
+        records = loop.run(_CONFIG.value, _WORKDIR.value, labels="human", on_record=_print)
     except labelling.LabelsNeeded as stop:
         print()
         print(stop.instructions(_import_command(stop.export.csv)))

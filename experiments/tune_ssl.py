@@ -84,7 +84,7 @@ def main(argv):
     for variant in _VARIANTS.value:
         workdir = Path(_WORKDIR.value) / f"{variant}_l{_LABELS.value}"
         records = loop.run(make_config(variant, _LABELS.value, _SEEDS.value, _BASE.value),
-                           workdir)
+                           workdir, on_record=lambda r: print(loop.describe_record(r), flush=True))
         for r in records:
             rows.append({"variant": variant, "seed": r["seed"], "labels": r["num_labels"],
                          "validation_accuracy": r["validation_accuracy"],

@@ -39,6 +39,8 @@ __all__ = [
     "DataError",
     "Dataset",
     "Pool",
+    "carve_validation",
+    "initial_pool",
     "images_to_float",
     "import_tfds",
     "load_dataset",
@@ -749,6 +751,19 @@ class Pool:
                             f"0..{self.num_samples - 1} (negative indices are not wrapped).")
 
     @classmethod
+    def uniform(cls, num_samples: int, num_initial: int, *, seed: int) -> "Pool":
+        """`num_initial` indices drawn uniformly without replacement (``default_rng(seed)``).
+
+        The initial set of a pool whose labels are unknown (a person labels it
+        after it is drawn): a class-balanced draw would need those labels.
+        """
+        if not _is_int(num_initial) or not 0 <= num_initial <= num_samples:
+            raise DataError(f"initial_labels={num_initial} must lie in 0..{num_samples} "
+                            "(the pool size).")
+        chosen = np.random.default_rng(seed).choice(num_samples, num_initial, replace=False)
+        return cls(num_samples, tuple(chosen.tolist()))
+
+    @classmethod
     def initial(cls, labels, num_initial: int, *, seed: int,
                 num_classes: int | None = None) -> "Pool":
         """A class-balanced initial labeled set: ``num_initial / C`` per class.
@@ -876,3 +891,24 @@ class Pool:
         head = ", ".join(map(str, self.labeled[:8])) + (", ..." if self.num_labeled > 8 else "")
         return (f"Pool(num_samples={self.num_samples}, num_labeled={self.num_labeled}, "
                 f"labeled=({head}))")
+
+
+def initial_pool(num_samples: int, num_initial: int, *, seed: int,
+                 labels: np.ndarray | None = None, num_classes: int | None = None) -> Pool:
+    """The initial labeled set Q0 of a seed: the one policy of every run.
+
+    Class-balanced (`Pool.initial`, the paper's protocol) when the pool's
+    labels are known; uniformly at random (`Pool.uniform`) when they are not
+    (human labelling). ``num_initial = 0`` gives the empty pool of a zero-shot
+    run, whose first query comes from the randomly initialised network.
+
+    Args:
+      num_samples: N.
+      num_initial: |Q0|.
+      seed: the run's seed.
+      labels: (N,) int true labels, or None when unknown.
+      num_classes: C.
+    """
+    if labels is None:
+        return Pool.uniform(num_samples, num_initial, seed=seed)
+    return Pool.initial(labels, num_initial, seed=seed, num_classes=num_classes)

@@ -53,7 +53,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from npc_jax import records
-from npc_jax.data import DataError, Dataset, Pool, load_dataset, validate_arrays
+from npc_jax.data import DataError, Dataset, load_dataset, validate_arrays
 
 __all__ = [
     "Export",
@@ -104,9 +104,6 @@ class Labeller(Protocol):
     labels: np.ndarray
     diagnostic_labels: np.ndarray | None
 
-    def initial_pool(self, num_initial: int, seed: int) -> Pool:
-        """The initial labeled set Q0 of a seed."""
-
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class TrueLabels:
@@ -124,10 +121,6 @@ class TrueLabels:
     @property
     def diagnostic_labels(self) -> np.ndarray:
         return self.labels
-
-    def initial_pool(self, num_initial: int, seed: int) -> Pool:
-        """Class-balanced Q0 (`Pool.initial`), as in the paper."""
-        return Pool.initial(self.labels, num_initial, seed=seed, num_classes=self.num_classes)
 
 
 class HumanLabels:
@@ -159,16 +152,6 @@ class HumanLabels:
                     "or a new --workdir.")
             labels[indices] = given
         self.labels = labels
-
-    def initial_pool(self, num_initial: int, seed: int) -> Pool:
-        """Q0 uniformly at random (``default_rng(seed)``): with no labels known,
-        a class-balanced draw is impossible. ``initial_labels = 0`` instead lets the
-        strategy pick Q0 from the randomly initialised network (zero-shot)."""
-        if not 0 <= num_initial <= self.num_samples:
-            raise DataError(f"initial_labels={num_initial} must lie in 0..{self.num_samples} "
-                            "(the pool size).")
-        chosen = np.random.default_rng(seed).choice(self.num_samples, num_initial, replace=False)
-        return Pool(self.num_samples, tuple(chosen.tolist()))
 
 
 # --------------------------------------------------------------------------- #

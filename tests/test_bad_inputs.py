@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import toy_config
+from npc_jax import config as config_lib
 from npc_jax import labelling, loop, records, report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -341,4 +342,4 @@ def test_fashion_mnist_configs_carry_the_documented_fields():
         config.lock()
         config.model_dtype = "float32"          # settable as --config.model_dtype=...
         config.initial_trainings = 3
-        assert loop.RunSettings.from_config(config).initial_trainings == 3
+        assert config_lib.RunSettings.from_config(config).initial_trainings == 3

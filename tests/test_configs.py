@@ -33,7 +33,6 @@ def _smoke(config, steps, *, batch_size=4, mu=1):
     config.train.eval_batch_size = 64
     config.train.recalibrate_batches = 1
     config.strategy_options.npc.num_candidates = 8
-    config.strategy_options.albl.horizon = config.rounds
     return config
 
 

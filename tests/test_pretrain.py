@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import toy_config
+from npc_jax import config as config_lib
 from npc_jax import pretraining, records
 from npc_jax.data import DataError, load_dataset
 from npc_jax.models import get_model
@@ -233,12 +234,12 @@ def test_the_loop_fine_tunes_from_the_named_pretraining(toy, tmp_path):
                                 "crop_scale": [0.2, 1.0]}})
     scratch = toy_config.get_config()
     scratch.update({"dataset": f"npz:{path}", "strategies": "passive", "rounds": 1})
-    assert (loop.RunSettings.from_config(config).config_hash
-            != loop.RunSettings.from_config(scratch).config_hash)
+    assert (config_lib.RunSettings.from_config(config).config_hash
+            != config_lib.RunSettings.from_config(scratch).config_hash)
     moved = config.copy_and_resolve_references()
     moved.pretrain_cache = str(tmp_path / "elsewhere")          # a location, not a recipe
-    assert (loop.RunSettings.from_config(moved).config_hash
-            == loop.RunSettings.from_config(config).config_hash)
+    assert (config_lib.RunSettings.from_config(moved).config_hash
+            == config_lib.RunSettings.from_config(config).config_hash)
     got = loop.run(config, tmp_path / "run", progress=False)
     [entry] = list((tmp_path / "cache").iterdir())
     assert {r["pretraining"]["key"] for r in got} == {entry.name}

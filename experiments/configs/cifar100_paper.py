@@ -27,5 +27,4 @@ def get_config():
     config.initial_labels = 100
     config.query_size = 200
     config.rounds = 4
-    config.strategy_options.albl.horizon = config.rounds
     return config

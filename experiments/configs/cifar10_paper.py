@@ -67,5 +67,5 @@ def get_config():
 
     config.strategy_options = ml_collections.ConfigDict()
     config.strategy_options.npc = ml_collections.ConfigDict({"num_candidates": 1000})
-    config.strategy_options.albl = ml_collections.ConfigDict({"horizon": config.rounds})
+    # ALBL's horizon is derived from config.rounds (npc_jax.config).
     return config

@@ -19,5 +19,4 @@ def get_config():
     config.seeds = "0"
     config.rounds = 2
     config.train_steps = 600
-    config.strategy_options.albl.horizon = config.rounds
     return config

@@ -24,5 +24,4 @@ def get_config(query_size: str = "30"):
     config.strategies = "passive,margin,badge,npc"
     config.query_size = int(query_size)
     config.rounds = 1
-    config.strategy_options.albl.horizon = config.rounds
     return config

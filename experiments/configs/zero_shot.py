@@ -30,5 +30,4 @@ def get_config(query_size: str = "30"):
     config.initial_trainings = 1
     config.query_size = int(query_size)
     config.rounds = 1
-    config.strategy_options.albl.horizon = config.rounds
     return config

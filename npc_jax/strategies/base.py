@@ -6,16 +6,16 @@ A strategy is an object with ``name`` and
 `Pool` (which indices are labeled), it returns q distinct unlabeled pool
 indices, deterministically per key.
 
-A strategy that learns across rounds (ALBL's bandit) also has
-``state_dict() -> JSON-able dict`` and ``load_state_dict(state)``: the loop
-saves the state in every round's record and restores it on resume, so a
-resumed run continues the same state. The state must be all such a strategy
-carries between rounds.
+A strategy that learns across rounds (ALBL's bandit) is a `StatefulStrategy`:
+it also has ``state_dict() -> JSON-able dict`` and ``load_state_dict(state)``;
+the loop saves the state in every round's record and restores it on resume,
+so a resumed run continues the same state. The state must be all such a
+strategy carries between rounds.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import numpy as np
@@ -23,6 +23,8 @@ import numpy as np
 from npc_jax.data import Pool
 from npc_jax.models import Model
 from npc_jax.inference import batched_apply
+
+__all__ = ["Acquisition", "AcquisitionContext", "StatefulStrategy", "Strategy", "check_query"]
 
 
 class Acquisition(NamedTuple):
@@ -59,11 +61,21 @@ class AcquisitionContext:
                              self.images[indices], batch_size=self.batch_size)
 
 
+@runtime_checkable
 class Strategy(Protocol):
     name: str
 
     def select(self, key: jax.Array, ctx: AcquisitionContext, pool: Pool,
                q: int) -> Acquisition: ...
+
+
+@runtime_checkable
+class StatefulStrategy(Strategy, Protocol):
+    """A strategy that carries state from round to round (saved in each record)."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 def check_query(pool: Pool, q: int) -> None:

@@ -1,0 +1,216 @@
+"""A run's settings: the config of `experiments/configs/*.py`, parsed and validated once.
+
+    settings = RunSettings.from_config(get_config())        # raises ValueError naming the fix
+    settings.final_num_labels, settings.train, settings.config_hash
+
+Every later layer reads typed fields, never the raw config. Values that follow
+from others are derived here, not copied into every config: ALBL's horizon
+is the run's number of rounds unless a config sets it, so an override such as
+``--config.rounds=5`` cannot leave it stale.
+
+`config_hash` identifies the run a workdir holds: records of another hash are
+refused on resume, and `config_difference` names the fields that changed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+from npc_jax import strategies
+from npc_jax.train import TrainConfig
+
+__all__ = ["RunSettings", "config_difference", "run_identity"]
+
+# Config fields outside the run-wide hash: which subset of a benchmark a command
+# runs, and the strategies' options (checked per strategy: each record carries
+# its own strategy's options), so that later commands can add strategies and
+# variants to the same workdir.
+_SUBSET_FIELDS = ("strategies", "seeds", "strategy_options")
+# Fields added to the configs after records were made with their default
+# behaviour: at these values they stay out of the hash, so that older
+# workdirs (the committed L1 records) resume under the configs of today.
+_HASH_NEUTRAL_DEFAULTS = {"model_dtype": "float32", "initial_trainings": 1, "init": "scratch"}
+# Where things are kept, not what is computed: outside the hash.
+_LOCATION_FIELDS = ("pretrain_cache",)
+# Strategy options that default to a run setting: {strategy: {option: setting}}.
+_RUN_DERIVED_OPTIONS = {"albl": {"horizon": "rounds"}}   # EXP4.P plays one arm per round
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """The validated, typed view of a run's config (fields as in `fmnist_quick.py`)."""
+
+    dataset: str
+    data_dir: str | None
+    model: str
+    model_dtype: str          # "float32" | "bfloat16" (wrn28_2 only)
+    mode: str                 # "assl" (FixMatch-DARP) | "asl" (supervised)
+    labels: str               # "oracle" | "human"
+    strategies: tuple[str, ...]
+    seeds: tuple[int, ...]
+    initial_labels: int
+    query_size: int
+    rounds: int
+    validation_size: int
+    initial_trainings: int    # odd k: the round-0 model is the median of k trainings
+    train: TrainConfig
+    strategy_options: dict    # {strategy: {option: value}}, run-derived options filled in
+    init: str                 # "scratch" | "pretrained"
+    pretrain: Any             # ssl.pretrain.PretrainConfig when init == "pretrained"
+    pretrain_seed: int
+    pretrain_cache: str
+    config: dict
+    config_hash: str
+
+    @classmethod
+    def from_config(cls, config, labels: str = "oracle") -> "RunSettings":
+        """`labels`: "oracle" (the dataset's labels) or "human" (`npc_jax.labelling`)."""
+        cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        _check_labels_mode(cfg, labels)
+        mode = cfg["mode"]
+        if mode not in ("assl", "asl"):
+            raise ValueError(f"config.mode must be 'assl' (FixMatch-DARP) or 'asl' "
+                             f"(supervised), got {mode!r}.")
+        names = _strategy_names(cfg["strategies"])
+        seeds = _seeds(cfg["seeds"])
+        _check_budget_fields(cfg)
+        model_dtype = _model_dtype(cfg)
+        initial_trainings = int(cfg.get("initial_trainings", 1))
+        if initial_trainings < 1 or initial_trainings % 2 == 0:
+            raise ValueError("config.initial_trainings must be a positive odd number (the "
+                             f"round-0 model is the median of that many), got {initial_trainings}.")
+        init, pretrain = _initialisation(cfg)
+        train_fields = dict(cfg.get("train", {}))
+        train_fields["steps"] = int(cfg["train_steps"])
+        train_fields["method"] = "fixmatch" if mode == "assl" else "supervised"
+        relevant = run_identity(cfg)
+        if labels == "human":   # only then: oracle workdirs keep their hash
+            relevant["labels"] = labels
+        digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+        return cls(dataset=cfg["dataset"], data_dir=cfg.get("data_dir") or None,
+                   model=cfg["model"], model_dtype=model_dtype, mode=mode, labels=labels,
+                   strategies=names, seeds=seeds,
+                   initial_labels=int(cfg["initial_labels"]),
+                   query_size=int(cfg["query_size"]), rounds=int(cfg["rounds"]),
+                   validation_size=int(cfg.get("validation_size", 0)),
+                   initial_trainings=initial_trainings,
+                   train=TrainConfig(**train_fields),
+                   strategy_options=_strategy_options(cfg, names),
+                   init=init, pretrain=pretrain,
+                   pretrain_seed=int(cfg.get("pretrain_seed", 0)),
+                   pretrain_cache=str(cfg.get("pretrain_cache") or "runs/pretrain_cache"),
+                   config=cfg, config_hash=digest)
+
+    @property
+    def final_num_labels(self) -> int:
+        return self.initial_labels + self.rounds * self.query_size
+
+    def options_of(self, strategy: str) -> dict:
+        """The options `strategy` is built with (as recorded in its records)."""
+        return self.strategy_options.get(strategy, {})
+
+
+def _check_labels_mode(cfg: dict, labels: str) -> None:
+    if labels not in ("oracle", "human"):
+        raise ValueError(f"labels must be 'oracle' (the dataset's true labels) or 'human' "
+                         f"(labelled by hand through CSV files), got {labels!r}.")
+    if labels == "human" and int(cfg.get("validation_size", 0)):
+        raise ValueError("config.validation_size needs the pool's true labels, which a "
+                         "human-labelled run does not have; set --config.validation_size=0.")
+
+
+def _strategy_names(field) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in str(field).split(",") if s.strip())
+    if not names:
+        raise ValueError("config.strategies is empty; e.g. --config.strategies=passive,npc")
+    for name in names:
+        if name not in strategies.available():
+            raise ValueError(f"Unknown strategy {name!r} in config.strategies; "
+                             f"available: {', '.join(strategies.available())}.")
+    return names
+
+
+def _seeds(field) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in str(field).split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"config.seeds must be comma-separated integers, "
+                         f"got {field!r}.") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"config.seeds must be distinct non-negative integers, got {field!r}.")
+    return seeds
+
+
+def _check_budget_fields(cfg: dict) -> None:
+    if int(cfg["query_size"]) <= 0:
+        raise ValueError(f"config.query_size must be positive, got {cfg['query_size']}.")
+    if int(cfg["initial_labels"]) < 0:
+        raise ValueError("config.initial_labels must be >= 0 (0: zero-shot, the first "
+                         f"query from a randomly initialised model), got {cfg['initial_labels']}.")
+    if int(cfg["rounds"]) < 0:
+        raise ValueError(f"config.rounds must be >= 0, got {cfg['rounds']}.")
+
+
+def _model_dtype(cfg: dict) -> str:
+    model_dtype = str(cfg.get("model_dtype", "float32"))
+    if model_dtype not in ("float32", "bfloat16"):
+        raise ValueError("config.model_dtype (the compute dtype) must be 'float32' or "
+                         f"'bfloat16' (GPUs), got {model_dtype!r}.")
+    if model_dtype != "float32" and cfg["model"] != "wrn28_2":
+        raise ValueError(f"config.model_dtype={model_dtype!r} is offered for wrn28_2 only; "
+                         f"model {cfg['model']!r} computes in float32.")
+    return model_dtype
+
+
+def _initialisation(cfg: dict):
+    """(init, PretrainConfig or None) from config.init and config.pretrain."""
+    init = str(cfg.get("init", "scratch"))
+    if init not in ("scratch", "pretrained"):
+        raise ValueError("config.init must be 'scratch' (every training from a random "
+                         "initialisation) or 'pretrained' (fine-tune from the "
+                         f"self-supervised pretraining of config.pretrain), got {init!r}.")
+    if init == "scratch":
+        return init, None
+    from npc_jax import pretraining   # flax and the SSL stack: only when pretraining
+    if not cfg.get("pretrain"):
+        raise ValueError("config.init='pretrained' needs a config.pretrain section (the "
+                         "recipe, e.g. experiments/configs/pretrain_fmnist.py's).")
+    return init, pretraining.config_from_dict(cfg["pretrain"])
+
+
+def _strategy_options(cfg: dict, names: tuple[str, ...]) -> dict:
+    """{strategy: options}: the config's, with run-derived options filled in."""
+    options = {k: dict(v) for k, v in dict(cfg.get("strategy_options", {})).items()}
+    for name in options:
+        if name not in strategies.available():
+            raise ValueError(f"config.strategy_options names unknown strategy {name!r}.")
+    for name, derived in _RUN_DERIVED_OPTIONS.items():
+        if name in names:
+            for option, setting in derived.items():
+                options.setdefault(name, {}).setdefault(option, int(cfg[setting]))
+    return options
+
+
+def run_identity(cfg: dict) -> dict:
+    """The config fields that identify a workdir's run (what `config_hash` hashes)."""
+    return {k: v for k, v in cfg.items() if k not in _SUBSET_FIELDS + _LOCATION_FIELDS
+            and not (k in _HASH_NEUTRAL_DEFAULTS and v == _HASH_NEUTRAL_DEFAULTS[k])}
+
+
+def config_difference(recorded: dict, current: dict) -> str:
+    """Which run-identifying config fields differ, e.g. "train_steps: 1000 -> 600"."""
+    def flat(tree, prefix=""):
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    old, new = flat(run_identity(recorded or {})), flat(run_identity(current))
+    changed = [f"{key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}"
+               for key in sorted(set(old) | set(new)) if old.get(key, None) != new.get(key, None)]
+    return "; ".join(changed) if changed else "the same fields, another labels mode"
