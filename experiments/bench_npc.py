@@ -15,10 +15,15 @@ interpreter, JAX, the 47 MB pool and the model included) and reports the
 wall time of `strategy.select` (the pool's forward passes included), the λ_min
 reached and the scores' quantiles. Rows:
 
-* last-<m>   NPC, last layer, logits (the paper), m random batches
-* probs-<m>  NPC, last layer, softmax outputs
-* full-<m>   NPC, full-network kernel
-* search     NPCSearch (random 200 + greedy + swaps), last layer, logits
+* last-<m>   NPC = random search (m batches) × last-layer kernel on logits (the paper)
+* probs-<m>  random search × last-layer kernel on softmax outputs
+* full-<m>   random search × full-network kernel (per-sample Jacobians)
+* search     NPCSearch = swap search (random 200 + greedy + swaps) × last layer, logits
+
+(kernels: `npc_jax.strategies.kernels`; searches: `npc_jax.strategies.search`.)
+The same key gives the same picks as before the kernel × search split
+(measured 2026-11-30: all four rows, identical indices; λ_min equal to
+round-off).
 
 Raw numbers go to --out (JSON).
 """

@@ -9,9 +9,11 @@ layer's (``params_subset=``). Models are differentiated in inference mode:
 only ``variables["params"]`` is differentiated (BatchNorm statistics are
 constants of the kernel).
 
-    kernel_fn = empirical_ntk_fn(model.apply_fn, chunk_size=64)
-    k = kernel_fn(variables, x1)          # (n1, n1), reuses x1's Jacobian
+    kernel_fn = empirical_ntk_fn(model.apply_fn, chunk_size=64)   # host driver, chunked
+    k = kernel_fn(variables, x1)          # (n1, n1) numpy, reuses x1's Jacobian
     k = kernel_fn(variables, x1, x2)      # (n1, n2)
+    pure = ntk_fn(model.apply_fn)         # the same kernel as a traceable jnp function
+    k = jax.jit(pure)(variables, x1, x2)  # (n1, n2); jax.vmap over stacks of x1, x2 too
 
 Closed forms for the last layer f = Wᵀh + b (W: D×C), from the penultimate
 features h (``implementation="closed_form"``, needs ``features_fn``):
@@ -33,6 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from npc_jax.inference import check_finite, chunked_map, pad_rows
+
+__all__ = ["CLASSIFIER", "IMPLEMENTATIONS", "OUTPUTS", "SUBSETS", "empirical_ntk_fn",
+           "gram_of_blocks", "jacobian_fn", "last_layer_feature_map", "last_layer_ntk",
+           "last_layer_probs_ntk", "ntk_fn", "softmax_jacobian_inner"]
 
 CLASSIFIER = "classifier"  # the name of the last Dense in npc_jax.models
 
@@ -221,7 +227,10 @@ def _structured_layers(apply_fn, variables, x, diff_paths):
     with nn.intercept_methods(interceptor):
         # A fresh callable: eval_shape caches traces by function, and a cached
         # trace would not run the interceptor.
-        jax.eval_shape(lambda v, xs: apply_fn(v, xs), variables, x[:1])
+        # Shapes only (x and variables may be tracers of an enclosing jit or vmap).
+        spec = lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a))
+        jax.eval_shape(lambda v, xs: apply_fn(v, xs), jax.tree_util.tree_map(spec, variables),
+                       jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
     return {p: v for p, v in found.items() if calls[p] == 1}
 
 
@@ -328,12 +337,76 @@ def _nvp_block_fn(apply_fn, params_subset, output, last_layer):
     return block
 
 
+def _factored(apply_fn, implementation, params_subset, output, last_layer, features_fn,
+              structured):
+    """(rep_fn, gram_fn): ``rep_fn(variables, x) -> per-point pytree`` and
+    ``gram_fn(variables, rep1, rep2) -> (n1, n2)``, both traceable, whose
+    composition is the kernel. jacobian_contraction: rep = the Jacobian blocks;
+    ntk_vector_products: rep = x itself (the gram does the work); closed_form:
+    rep = (h (n, D), logits or probs (n, C))."""
+    if implementation == "jacobian_contraction":
+        blocks = jacobian_fn(apply_fn, params_subset=params_subset, output=output,
+                             last_layer=last_layer, structured=structured, flatten=False)
+        return blocks, lambda variables, j1, j2: gram_of_blocks(j1, j2)
+    if implementation == "ntk_vector_products":
+        return (lambda variables, x: x), _nvp_block_fn(apply_fn, params_subset, output,
+                                                        last_layer)
+    if features_fn is None:
+        raise ValueError("implementation='closed_form' needs features_fn(variables, x) -> "
+                         "(logits, features), e.g. Model.apply_with_features.")
+
+    def rep_fn(variables, x):
+        logits, h = features_fn(variables, x)
+        return h, (jax.nn.softmax(logits) if output == "probs" else logits)
+
+    def gram_fn(variables, rep1, rep2):
+        (h1, p1), (h2, p2) = rep1, rep2
+        if output == "logits":
+            return last_layer_ntk(h1, h2, p1.shape[-1])
+        return last_layer_probs_ntk(h1, p1, h2, p2)
+
+    return rep_fn, gram_fn
+
+
+def ntk_fn(apply_fn: Callable, *, implementation: str = "jacobian_contraction",
+           params_subset: str = "all", output: str = "logits", last_layer: str = CLASSIFIER,
+           features_fn: Callable | None = None, structured: bool = True) -> Callable:
+    """The empirical trace-NTK as a pure, traceable JAX function (no chunks, no host).
+
+    Use it inside `jax.jit`, `jax.vmap` or another transformation, as
+    neural-tangents' ``empirical_ntk_fn``; `empirical_ntk_fn` is the chunked,
+    bounded-memory host driver built on it. Arguments as in `empirical_ntk_fn`.
+
+    Returns:
+      ``ntk(variables, x1, x2=None) -> (n1, n2)`` jax array, x1 (n1, ...) and
+      x2 (n2, ...) float inputs, the sum over classes of ∇f_c(x1)·∇f_c(x2);
+      x2=None reuses x1's per-point representation (Jacobian, features).
+
+          k = jax.jit(ntk_fn(model.apply_fn))(variables, x1, x2)          # (n1, n2)
+          ks = jax.vmap(ntk_fn(model.apply_fn), (None, 0, 0))(variables, xs1, xs2)  # (b, n1, n2)
+    """
+    _check(implementation, params_subset, output)
+    rep_fn, gram_fn = _factored(apply_fn, implementation, params_subset, output, last_layer,
+                                features_fn, structured)
+
+    def ntk(variables, x1, x2=None):
+        rep1 = rep_fn(variables, x1)
+        rep2 = rep1 if x2 is None else rep_fn(variables, x2)
+        return gram_fn(variables, rep1, rep2)
+
+    return ntk
+
+
 def empirical_ntk_fn(apply_fn: Callable, *, implementation: str = "jacobian_contraction",
                      params_subset: str = "all", output: str = "logits",
                      chunk_size: int | None = None, last_layer: str = CLASSIFIER,
                      features_fn: Callable | None = None,
                      structured: bool = True) -> Callable:
-    """The empirical trace-NTK of a model, as a function of its variables.
+    """The empirical trace-NTK of a model, as a host function of its variables, chunked.
+
+    Built on the pure `ntk_fn`: one jitted call when every input fits one
+    chunk, else blocks of chunk × chunk points (each row chunk's
+    representation computed once), assembled on the host.
 
     Args:
       apply_fn: ``apply_fn(variables, x) -> (n, C)`` logits in inference mode.
@@ -360,71 +433,50 @@ def empirical_ntk_fn(apply_fn: Callable, *, implementation: str = "jacobian_cont
     _check(implementation, params_subset, output)
     if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size <= 0):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}.")
-
-    if implementation == "closed_form":
-        if features_fn is None:
-            raise ValueError("implementation='closed_form' needs features_fn(variables, x) -> "
-                             "(logits, features), e.g. Model.apply_with_features.")
-        return _closed_form_fn(features_fn, output, chunk_size)
-
-    if implementation == "jacobian_contraction":
-        blocks = jacobian_fn(apply_fn, params_subset=params_subset, output=output,
-                             last_layer=last_layer, structured=structured, flatten=False)
-        jac = jax.jit(blocks)
-        gram_sym = jax.jit(lambda v, x: (lambda j: gram_of_blocks(j, j))(blocks(v, x)))
-        gram = jax.jit(lambda v, x1, x2: gram_of_blocks(blocks(v, x1), blocks(v, x2)))
-        contract = jax.jit(gram_of_blocks)
-    else:
-        nvp = jax.jit(_nvp_block_fn(apply_fn, params_subset, output, last_layer))
-        gram_sym, gram, jac = (lambda v, x: nvp(v, x, x)), nvp, None
+    rep_fn, gram_fn = _factored(apply_fn, implementation, params_subset, output, last_layer,
+                                features_fn, structured)
+    whole = jax.jit(ntk_fn(apply_fn, implementation=implementation, params_subset=params_subset,
+                           output=output, last_layer=last_layer, features_fn=features_fn,
+                           structured=structured))
+    rep, gram = jax.jit(rep_fn), jax.jit(gram_fn)
+    # The closed form's representation is a few floats per point: hold all of it.
+    hold_all = implementation == "closed_form"
 
     def ntk(variables, x1, x2=None):
         x1 = np.asarray(x1, np.float32)
         symmetric = x2 is None
         x2 = x1 if symmetric else np.asarray(x2, np.float32)
-        n1, n2 = len(x1), len(x2)
-        size = chunk_size or max(n1, n2)
-        if n1 <= size and n2 <= size:  # one block: one compiled call
-            out = gram_sym(variables, x1) if symmetric else gram(variables, x1, x2)
-            return _finite(out)
-        out = np.zeros((n1, n2), np.float32)
-        for i in range(0, n1, size):
-            xi = pad_rows(x1[i:i + size], size)
-            ji = jac(variables, xi) if jac is not None else None
-            for j in range(0, i + 1 if symmetric else n2, size):
-                if symmetric and j == i:
-                    block = contract(ji, ji) if ji is not None else gram_sym(variables, xi)
-                else:
-                    xj = pad_rows(x2[j:j + size], size)
-                    block = (contract(ji, jac(variables, xj)) if ji is not None
-                             else gram(variables, xi, xj))
-                block = np.asarray(block)
-                rows, cols = min(size, n1 - i), min(size, n2 - j)
-                out[i:i + rows, j:j + cols] = block[:rows, :cols]
-                if symmetric and j != i:
-                    out[j:j + cols, i:i + rows] = block[:rows, :cols].T
-        return _finite(out)
+        size = chunk_size or max(len(x1), len(x2), 1)
+        if len(x1) <= size and len(x2) <= size:  # one block: one compiled call
+            return _finite(whole(variables, x1) if symmetric else whole(variables, x1, x2))
+        if hold_all:
+            rep1 = chunked_map(functools.partial(rep, variables), x1, chunk_size=size)
+            rep2 = rep1 if symmetric else chunked_map(functools.partial(rep, variables), x2,
+                                                      chunk_size=size)
+            return _finite(gram(variables, rep1, rep2))
+        return _finite(_blocks(rep, gram, variables, x1, None if symmetric else x2, size))
 
     return ntk
 
 
-def _closed_form_fn(features_fn, output, chunk_size):
-    features = jax.jit(features_fn)
-
-    def embed(variables, x):
-        # (h (n, D), p (n, C)): all the closed form needs.
-        logits, h = chunked_map(functools.partial(features, variables), x,
-                                chunk_size=chunk_size or max(len(x), 1))
-        return h, (np.asarray(jax.nn.softmax(logits)) if output == "probs" else logits)
-
-    def ntk(variables, x1, x2=None):
-        h1, p1 = embed(variables, np.asarray(x1, np.float32))
-        h2, p2 = (h1, p1) if x2 is None else embed(variables, np.asarray(x2, np.float32))
-        if output == "logits":
-            return _finite(np.asarray(last_layer_ntk(h1, h2, p1.shape[1])))
-        return _finite(np.asarray(last_layer_probs_ntk(h1, p1, h2, p2)))
-
-    return ntk
+def _blocks(rep, gram, variables, x1, x2, size) -> np.ndarray:
+    """(n1, n2) from row chunks of x1 against column chunks of x2 (x2=None: x1, and
+    only the blocks on and below the diagonal, mirrored). Each row chunk's
+    representation is computed once; columns go through `chunked_map`."""
+    symmetric = x2 is None
+    n1 = len(x1)
+    out = np.zeros((n1, n1 if symmetric else len(x2)), np.float32)
+    for i in range(0, n1, size):
+        rows = min(size, n1 - i)
+        rep_i = rep(variables, pad_rows(x1[i:i + size], size))
+        columns = x1[:i + rows] if symmetric else x2
+        # (len(columns), size): K(column, row) for every column, one chunk at a time.
+        block = chunked_map(lambda xj: gram(variables, rep(variables, xj), rep_i), columns,
+                            chunk_size=size)[:, :rows]
+        out[i:i + rows, :len(columns)] = block.T
+        if symmetric:
+            out[:len(columns), i:i + rows] = block
+    return out
 
 
 def _finite(k) -> np.ndarray:

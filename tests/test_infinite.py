@@ -11,7 +11,7 @@ import pytest
 from npc_jax import infinite
 from npc_jax.data import Pool
 from npc_jax.strategies import AcquisitionContext, available, make_strategy
-from npc_jax.strategies.npc import sample_batches
+from npc_jax.strategies.search import sample_batches
 
 SHAPE = (6, 6, 1)
 
@@ -146,11 +146,11 @@ def _pool_with_duplicates():
 
 @pytest.mark.parametrize("architecture", ["mlp", "convnet"])
 def test_scores_equal_dense_reference_and_duplicates_score_zero(nt, architecture):
-    images, pool, _ = _pool_with_duplicates()
+    images, pool, ctx = _pool_with_duplicates()
     strategy = make_strategy("npc_infinite", architecture=architecture, chunk_size=4,
                              kernel_chunk=3)
     batches = np.array(list(itertools.combinations(pool.unlabeled_indices, 2)))
-    scores = strategy.score(images, pool.labeled_indices, batches, num_classes=1)
+    scores = strategy.score(ctx, pool, batches)          # ctx.model None: C = 1
     dense = infinite.analytic_ntk_fn(infinite.make_network(architecture, 1), float64=True)(images)
     labeled = list(pool.labeled_indices)
     reference = np.array([_dense_lambda_min(dense, labeled + list(b)) for b in batches])

@@ -6,18 +6,23 @@ import pytest
 from npc_jax.data import Pool
 from npc_jax.models import get_model
 from npc_jax.strategies import AcquisitionContext, make_strategy
-from npc_jax.strategies.npc import NPC, sample_batches, score_batches
+from npc_jax.strategies.kernels import feature_kernel
+from npc_jax.strategies.npc import NPC
+from npc_jax.strategies.search import sample_batches, score_batches
 
 
-class TableNPC(NPC):
+def TableNPC(table, **kw):
     """NPC whose gradient features come from a fixed table (one row per pool index)."""
+    kernel = feature_kernel(np.asarray(table, np.float32), float64=True)
+    return NPC(kernel_fn=lambda ctx: kernel, **kw)
 
-    def __init__(self, table, **kw):
-        super().__init__(**kw)
-        self.table = np.asarray(table, np.float32)
 
-    def feature_map(self, ctx, indices):
-        return self.table[np.asarray(indices)]
+def _score(labeled_features, batch_features):
+    """score_batches on explicit features: (L, F) labeled, (m, q, F) batches."""
+    m, q, f = batch_features.shape
+    table = np.concatenate([labeled_features, batch_features.reshape(m * q, f)])
+    batches = len(labeled_features) + np.arange(m * q).reshape(m, q)
+    return score_batches(feature_kernel(table), np.arange(len(labeled_features)), batches)
 
 
 def _unit(angle):
@@ -29,7 +34,7 @@ def test_section_3_3_example_lambda_is_one_minus_a():
     a = np.array([0.8, 0.3, 0.55])
     g_l = np.array([[1.0, 0.0]])
     candidates = np.array([[[ai, np.sqrt(1 - ai ** 2)]] for ai in a])
-    np.testing.assert_allclose(score_batches(g_l, candidates), 1 - a, rtol=1e-5)
+    np.testing.assert_allclose(_score(g_l, candidates), 1 - a, rtol=1e-5)
 
 
 def test_section_3_3_example_npc_picks_the_smaller_overlap():
@@ -47,7 +52,7 @@ def test_proposition_1_duplicate_batch_scores_zero():
     duplicate_of_labeled = np.array([[[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]])
     duplicate_within = np.array([[[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]])
     fine = np.array([[[0.0, 0.0, 1.0], [0.5, 0.5, 0.7]]])
-    scores = score_batches(g[:1], np.concatenate([duplicate_of_labeled, duplicate_within, fine]))
+    scores = _score(g[:1], np.concatenate([duplicate_of_labeled, duplicate_within, fine]))
     assert scores[0] == 0.0 and scores[1] == 0.0 and scores[2] > 0.05
 
 

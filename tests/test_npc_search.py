@@ -5,16 +5,15 @@ import pytest
 
 from npc_jax.data import Pool
 from npc_jax.strategies import make_strategy
+from npc_jax.strategies.kernels import feature_kernel, normalized
 from npc_jax.strategies.npc_search import NPCSearch
 
 
-class TableSearch(NPCSearch):
-    def __init__(self, table, **kw):
-        super().__init__(**kw)
-        self.table = np.asarray(table, np.float32)
-
-    def feature_map(self, ctx, indices):
-        return self.table[np.asarray(indices)]
+def TableSearch(table, normalize=False, **kw):
+    """NPCSearch on the kernel of a fixed feature table (one row per pool index)."""
+    kernel = feature_kernel(np.asarray(table, np.float32), float64=True)
+    kernel = normalized(kernel) if normalize else kernel
+    return NPCSearch(kernel_fn=lambda ctx: kernel, **kw)
 
 
 @pytest.mark.parametrize("normalize", [False, True])

@@ -3,7 +3,9 @@
     strategy = make_strategy("npc", num_candidates=1000)
     acquisition = strategy.select(key, ctx, pool, q)
 
-New strategies register a factory with `register`.
+New strategies register a factory with `register`. The NPC family is a kernel
+(`kernels`: last layer, full network, infinite width, embedding) × a search
+(`search`: random batches, swaps), composed by `npc.KernelSearch`.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from npc_jax.strategies.albl import ALBL
 from npc_jax.strategies.badge import Badge
 from npc_jax.strategies.base import Acquisition, AcquisitionContext, Strategy, check_query
 from npc_jax.strategies.coreset import Coreset
-from npc_jax.strategies.npc import NPC, npc_variant
+from npc_jax.strategies.npc import NPC, KernelSearch, npc_variant
 from npc_jax.strategies.npc_search import NPCSearch
 from npc_jax.strategies.passive import Passive
 from npc_jax.strategies.uncertainty import Entropy, LeastConfidence, Margin
@@ -46,12 +48,13 @@ def make_strategy(name: str, **options) -> Strategy:
 
 register("passive", Passive)
 register("npc", NPC)
+# NPC = random search × a finite network's kernel; the variants fix one option.
 register("npc_probs", npc_variant("npc_probs", output="probs"))
 register("npc_full", npc_variant("npc_full", kernel="full"))
 # Cosine-normalised kernel: every point weighs the same, so a large-norm
 # (outlying) feature vector no longer inflates a batch's λ_min.
 register("npc_norm", npc_variant("npc_norm", normalize=True))
-register("npc_search", NPCSearch)
+register("npc_search", NPCSearch)      # swap search × the last-layer kernel
 register("margin", Margin)
 register("entropy", Entropy)
 register("least_confidence", LeastConfidence)
@@ -68,5 +71,6 @@ def _npc_infinite(**options) -> Strategy:
 
 register("npc_infinite", _npc_infinite)
 
-__all__ = ["Acquisition", "AcquisitionContext", "Strategy", "available", "check_query",
-           "make_strategy", "register"]
+__all__ = ["ALBL", "Acquisition", "AcquisitionContext", "Badge", "Coreset", "Entropy",
+           "KernelSearch", "LeastConfidence", "Margin", "NPC", "NPCSearch", "Passive", "Strategy",
+           "available", "check_query", "make_strategy", "register"]

@@ -1,0 +1,395 @@
+"""Kernels over the pool's points, for NPC's searches and the kernel-based strategies.
+
+A `Kernel` is k(x, x') split into a per-point representation and Grams of it:
+
+* ``represent(indices)``: (n,) int pool indices -> ``rep``, a tuple of arrays
+  with n rows each, (n, ...);
+* ``cross(rep_a, rep_b=None)``: (n_a, n_b) numpy, K between two sets of
+  points (rep_b=None: rep_a with itself, symmetric);
+* ``within(rep)``: (b, q, q) numpy for reps with leading axes (b, q, ...):
+  the kernel inside each of b sets of q points (NPC's candidate batches);
+* ``diagonal(rep)``: (n,) numpy, K(x, x);
+* ``float64``: Grams (and the eigenproblems of the searches) in float64;
+* ``max_points``: how many points' representations fit the memory budget
+  (None: unbounded; the searches then represent every point they need at once).
+
+Implementations, for C classes and D penultimate features:
+
+* `last_layer_kernel` output="logits" (the paper, Sec. 3.4): rep = (φ (n, D+1),),
+  φ = √C·[h, 1], K = φ·φ'.
+* `last_layer_kernel` output="probs": rep = ([h, 1] (n, D+1), p (n, C)),
+  K = (h·h' + 1)·⟨J_p, J_p'⟩_F, J_p the softmax Jacobian (`npc_jax.ntk`).
+* `full_kernel`: rep = the per-sample Jacobian blocks (n, C·p_l), one per
+  parameter array, K = Σ_l J_l J_l'ᵀ (every parameter; `ntk.jacobian_fn`).
+* `infinite_kernel`: the analytic NTK of an architecture (`npc_jax.infinite`,
+  neural-tangents imported on first use only); rep = (images (n, H, W, C),
+  content ids (n,), K(x, x) (n,)).
+* `embedding_kernel`: rep = (ĥ (n, D),), ĥ = h / |h|: K = ĥ·ĥ', the cosine
+  similarity of penultimate features (TypiClust / ProbCover / MaxHerding).
+* `feature_kernel`: rep = (table[indices] (n, F),), K = φ·φ' of a fixed table
+  of features (precomputed embeddings; tests inject kernels with it).
+
+Combinators: `normalized` (the one place the cosine normalisation
+K_ij / √(K_ii K_jj) is done) and `precomputed` (represent a set once, look it
+up afterwards). `empirical_kernel` builds NPC's finite-network kernels from
+the strategies' options.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from npc_jax import ntk, spectral
+from npc_jax.data import images_to_float
+from npc_jax.inference import check_finite, chunked_map
+from npc_jax.strategies.base import AcquisitionContext
+
+__all__ = ["KERNELS", "Kernel", "check_options", "dot_gram", "embedding_kernel", "empirical_kernel",
+           "feature_kernel", "full_kernel", "gram_kernel", "infinite_kernel",
+           "last_layer_kernel", "normalized", "precomputed", "probs_gram", "unit_rows"]
+
+KERNELS = ("last", "full")   # NPC's finite-network kernels (option `kernel`)
+
+
+class Kernel(NamedTuple):
+    represent: Callable   # (n,) int pool indices -> tuple of (n, ...) arrays
+    cross: Callable       # (rep_a, rep_b=None) -> (n_a, n_b) numpy
+    within: Callable      # rep with leading (b, q) -> (b, q, q) numpy
+    diagonal: Callable    # rep -> (n,) numpy, K(x, x)
+    float64: bool = False
+    max_points: int | None = None
+
+
+def check_options(kernel: str, output: str) -> None:
+    """Raises ValueError naming the config field unless kernel ∈ KERNELS and output ∈ ntk.OUTPUTS."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be 'last' or 'full', got {kernel!r} "
+                         "(config field strategy_options.<npc>.kernel).")
+    if output not in ntk.OUTPUTS:
+        raise ValueError(f"output must be 'logits' or 'probs', got {output!r} "
+                         "(config field strategy_options.<npc>.output).")
+
+
+# -- Grams of representations --------------------------------------------------------
+
+
+def dot_gram(rep_a, rep_b) -> jax.Array:
+    """Σ_l A_l B_lᵀ over the arrays of two reps, (..., n, F_l) and (..., m, F_l) -> (..., n, m).
+
+    One array: an explicit feature map; several: per-layer Jacobian blocks.
+    """
+    return functools.reduce(jnp.add, [jnp.einsum("...if,...jf->...ij", a, b)
+                                      for a, b in zip(rep_a, rep_b)])
+
+
+def probs_gram(rep_a, rep_b) -> jax.Array:
+    """The last-layer softmax kernel of reps ([h, 1] (..., n, D+1), p (..., n, C)): (..., n, m)."""
+    (ha, pa), (hb, pb) = rep_a, rep_b
+    return jnp.einsum("...if,...jf->...ij", ha, hb) * ntk.softmax_jacobian_inner(pa, pb)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted(gram):
+    """(cross(rep_b, *rep_a), within(*rep), diagonal(*rep)), jitted once per gram function."""
+    cross = jax.jit(lambda rep_b, *rep_a: gram(rep_a, rep_b))
+    within = jax.jit(lambda *rep: gram(rep, rep))
+    def diagonal(*rep):   # (n, 1, F) against itself: n Grams of 1 × 1
+        singles = tuple(r[:, None] for r in rep)
+        return gram(singles, singles)[:, 0, 0]
+
+    diagonal = jax.jit(diagonal)
+    return cross, within, diagonal
+
+
+def _bucket(n: int, limit: int) -> int:
+    """Rows per compiled call: the next power of two ≥ n, at most `limit` (few shapes, little padding)."""
+    return int(min(limit, 1 << max(0, int(n) - 1).bit_length()))
+
+
+def gram_kernel(represent: Callable, gram: Callable = dot_gram, *, float64: bool = False,
+                max_points: int | None = None, row_chunk: int = 1024,
+                what: str = "features") -> Kernel:
+    """A `Kernel` from a per-point representation and a traceable Gram of two reps.
+
+    Args:
+      represent: ``represent(indices (n,)) -> tuple of (n, F_l) arrays``.
+      gram: ``gram(rep_a, rep_b) -> (..., n, m)`` on tuples of arrays with
+        leading batch axes (`dot_gram`, `probs_gram`); a module-level function,
+        so that its jitted versions are cached.
+      float64: compute the Grams in float64 (representations are cast).
+      max_points: see `Kernel`.
+      row_chunk: rows of rep_a per compiled `cross` / `diagonal` call (memory:
+        row_chunk rows of the representation, copied).
+      what: what the representations are, for the NaN message.
+    """
+    cross_jit, within_jit, diagonal_jit = _jitted(gram)
+    dtype = np.float64 if float64 else np.float32
+
+    def precision():
+        return spectral.enable_x64() if float64 else contextlib.nullcontext()
+
+    def cast(rep):
+        return tuple(np.asarray(r, dtype) for r in rep)
+
+    def checked(indices):
+        indices = np.asarray(indices, np.int64)
+        rep = tuple(np.asarray(r) for r in represent(indices))
+        for r in rep:
+            check_finite(r, what, indices=indices)
+        return rep
+
+    def cross(rep_a, rep_b=None):
+        with precision():
+            rep_a = cast(rep_a)
+            rep_b = rep_a if rep_b is None else cast(rep_b)
+            return chunked_map(functools.partial(cross_jit, rep_b), *rep_a,
+                               chunk_size=_bucket(len(rep_a[0]), row_chunk))
+
+    def within(rep):
+        with precision():
+            return np.asarray(within_jit(*cast(rep)))
+
+    def diagonal(rep):
+        with precision():
+            return chunked_map(diagonal_jit, *cast(rep),
+                               chunk_size=_bucket(len(rep[0]), row_chunk))
+
+    return Kernel(checked, cross, within, diagonal, bool(float64), max_points)
+
+
+# -- finite networks ---------------------------------------------------------------------
+
+
+def last_layer_kernel(ctx: AcquisitionContext, *, output: str = "logits",
+                      float64: bool = True) -> Kernel:
+    """The last layer's trace-NTK of ctx's model (closed form, one forward pass per point).
+
+    Args:
+      ctx: the model, its variables and the pool's images (N, H, W, C).
+      output: "logits" (the paper: φ = √C·[h, 1]) or "probs" (softmax outputs).
+      float64: Grams in float64 (see `npc_jax.strategies.npc.NPC` for why).
+    """
+    check_options("last", output)
+    num_classes = ctx.num_classes
+
+    def represent(indices):
+        logits, features = ctx.logits_and_features(indices)
+        if output == "logits":
+            return (np.asarray(ntk.last_layer_feature_map(features, num_classes), np.float32),)
+        ones = np.ones((len(features), 1), features.dtype)
+        return (np.concatenate([features, ones], 1).astype(np.float32),
+                np.asarray(jax.nn.softmax(logits), np.float32))
+
+    return gram_kernel(represent, dot_gram if output == "logits" else probs_gram,
+                       float64=float64, what="features (the model's penultimate layer)")
+
+
+@functools.lru_cache(maxsize=8)
+def _jacobian_jit(apply_fn, output):
+    jac = ntk.jacobian_fn(apply_fn, output=output, flatten=False)
+    return jax.jit(lambda variables, x: jac(variables, images_to_float(x)))
+
+
+def full_kernel(ctx: AcquisitionContext, *, output: str = "logits", jacobian_chunk: int = 32,
+                memory_mb: float = 1024, float64: bool = False) -> Kernel:
+    """The whole network's trace-NTK: reps are per-sample Jacobian blocks (n, C·p_l).
+
+    Args:
+      ctx: the model, its variables and the pool's images.
+      output: "logits" or "probs".
+      jacobian_chunk: samples per compiled Jacobian call (and per `cross` call).
+      memory_mb: the Jacobians a search may hold at once: max_points =
+        memory_mb / (C·P·4 bytes), P the number of parameters.
+      float64: Grams in float64 (the Jacobians themselves are float32).
+    """
+    check_options("full", output)
+    jacobians = functools.partial(_jacobian_jit(ctx.model.apply_fn, output), ctx.variables)
+    width = ctx.num_classes * sum(int(np.size(a)) for a in
+                                  jax.tree_util.tree_leaves(ctx.variables["params"]))
+
+    def represent(indices):
+        return tuple(chunked_map(jacobians, ctx.images[indices], chunk_size=jacobian_chunk))
+
+    return gram_kernel(represent, dot_gram, float64=float64,
+                       max_points=max(1, int(memory_mb * 2 ** 20 // (width * 4))),
+                       row_chunk=jacobian_chunk, what="gradients (the model's Jacobians)")
+
+
+def empirical_kernel(ctx: AcquisitionContext, *, kernel: str = "last", output: str = "logits",
+                     normalize: bool = False, jacobian_chunk: int = 32,
+                     memory_mb: float = 1024, float64: bool | None = None) -> Kernel:
+    """NPC's finite-network kernel from the strategies' options.
+
+    kernel="last" → `last_layer_kernel`, "full" → `full_kernel`; `normalize`
+    wraps it in `normalized`; float64=None means True for "last", False for
+    "full" (the strategies' default, see `npc_jax.strategies.npc.NPC`).
+    """
+    check_options(kernel, output)
+    float64 = (kernel == "last") if float64 is None else bool(float64)
+    if kernel == "last":
+        base = last_layer_kernel(ctx, output=output, float64=float64)
+    else:
+        base = full_kernel(ctx, output=output, jacobian_chunk=jacobian_chunk,
+                           memory_mb=memory_mb, float64=float64)
+    return normalized(base) if normalize else base
+
+
+# -- embeddings and fixed features -------------------------------------------------------
+
+
+def feature_kernel(features, *, float64: bool = False) -> Kernel:
+    """K = φ·φ' of a fixed feature table: represent(indices) = (features[indices],).
+
+    Args:
+      features: (N, F) one row per pool index (e.g. precomputed embeddings, or
+        a test's hand-made gradients).
+      float64: Grams in float64.
+    """
+    table = np.asarray(features)
+    if table.ndim != 2:
+        raise ValueError(f"features must be (N, F), got shape {table.shape}.")
+    return gram_kernel(lambda indices: (table[indices],), dot_gram, float64=float64)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """x (n, D) with every row scaled to unit Euclidean norm (zero rows stay zero)."""
+    x = np.asarray(x, np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def embedding_kernel(ctx: AcquisitionContext, *, float64: bool = False) -> Kernel:
+    """K(x, x') = ĥ·ĥ', ĥ = h / |h| the unit-normalised penultimate features of ctx's model.
+
+    The representation (ĥ (n, D),) is the embedding the low-budget strategies
+    cluster and cover; K is its cosine similarity, in [-1, 1], 1 on the diagonal.
+    """
+    def represent(indices):
+        _, features = ctx.logits_and_features(indices)
+        return (unit_rows(features),)
+
+    return gram_kernel(represent, dot_gram, float64=float64,
+                       what="features (the model's penultimate layer)")
+
+
+# -- combinators ---------------------------------------------------------------------------
+
+
+def normalized(kernel: Kernel) -> Kernel:
+    """The cosine-normalised kernel K_ij / √(K_ii K_jj) (the only implementation of it).
+
+    Its rep is the base rep plus one array, d = √max(K(x, x), 1e-30) (n,);
+    its diagonal is exactly 1 (0 where K(x, x) ≤ 1e-30). Every point
+    then weighs the same: a large-norm (outlying) point no longer inflates λ_min.
+    """
+    def represent(indices):
+        rep = kernel.represent(indices)
+        return (*rep, np.sqrt(np.maximum(kernel.diagonal(rep), 1e-30)))
+
+    def cross(rep_a, rep_b=None):
+        d_a = rep_a[-1]
+        d_b = d_a if rep_b is None else rep_b[-1]
+        k = kernel.cross(rep_a[:-1], None if rep_b is None else rep_b[:-1])
+        return k / (d_a[:, None] * d_b[None, :])
+
+    def within(rep):
+        d = rep[-1]
+        return kernel.within(rep[:-1]) / (d[..., :, None] * d[..., None, :])
+
+    def diagonal(rep):
+        return np.where(rep[-1] > 1e-15, 1.0, 0.0).astype(rep[-1].dtype)
+
+    return kernel._replace(represent=represent, cross=cross, within=within, diagonal=diagonal)
+
+
+def precomputed(kernel: Kernel, indices) -> Kernel:
+    """`kernel` on the points `indices` (n,), represented once now.
+
+    The returned kernel's ``represent(positions)`` takes positions 0..n-1 into
+    `indices` (not pool indices) and gathers the stored rows: a search that
+    scores many batches of the same points (the swap search) represents each
+    point once. Memory: the n points' representations.
+    """
+    rep = kernel.represent(np.asarray(indices, np.int64))
+    return kernel._replace(
+        represent=lambda positions: tuple(r[np.asarray(positions, np.int64)] for r in rep))
+
+
+# -- infinite width ------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _analytic_fns(architecture, num_classes, depth, W_std, b_std, kernel_chunk, chunk_size,
+                  float64):
+    """(pairwise kernel(x1, x2=None), within-sets kernel(x_sets)), built once per setting."""
+    from npc_jax import infinite   # neural-tangents is imported inside, on first use
+
+    options = dict(W_std=W_std, b_std=b_std)
+    if architecture == "mlp":
+        options["depth"] = depth
+    net = infinite.make_network(architecture, num_classes, **options)
+    return (infinite.analytic_ntk_fn(net, chunk_size=kernel_chunk, float64=float64),
+            infinite.analytic_batch_ntk_fn(net, chunk_size=chunk_size, float64=float64))
+
+
+def infinite_kernel(images: np.ndarray, *, architecture: str = "mlp", num_classes: int = 1,
+                    depth: int = 2, W_std: float = 2.0 ** 0.5, b_std: float = 0.1,
+                    chunk_size: int = 64, kernel_chunk: int = 256,
+                    float64: bool = True) -> Kernel:
+    """The analytic (infinite-width) trace-NTK C·Θ of an architecture on the pool's images.
+
+    Identical images get one value per image. Arc-cosine (ReLU) kernels are
+    computed through arccos(⟨x, x'⟩ / (|x||x'|)), whose slope is infinite at
+    1: entries of identical inputs (the diagonal, a copy with its original)
+    carry an error of up to ~√eps relative (measured ~1e-4 in float32, ~1e-9
+    in float64), so a copy would score λ_min ≈ 1e-9·λ_max, not 0. Here every
+    entry between two images of the same content (and each diagonal entry) is
+    the kernel of that image with itself, computed once per content: a copy's
+    row then equals its original's and the Gram is singular to round-off
+    (Proposition 1, λ_min = 0 exactly after `spectral`'s clipping).
+
+    Args:
+      images: (N, H, W, C) the pool's images, uint8 or float in [0, 1].
+      architecture, depth, W_std, b_std: the network (`npc_jax.infinite`).
+      num_classes: C (a scale; λ_min's ranking does not depend on it).
+      chunk_size: sets per compiled `within` call.
+      kernel_chunk: points per side of one `cross` call.
+      float64: compute the kernel (and the searches' eigenvalues) in float64.
+
+    Returns:
+      A `Kernel` with rep = (images (n, H, W, C), content ids (n,) int64,
+      K(x, x) (n,)); ids are stable for the kernel's lifetime.
+    """
+    pair, sets = _analytic_fns(architecture, int(num_classes), int(depth), float(W_std),
+                               float(b_std), int(kernel_chunk), int(chunk_size), bool(float64))
+    ids, self_values = {}, []   # image bytes -> id; id -> K(x, x)
+
+    def represent(indices):
+        x = images[np.asarray(indices, np.int64)]
+        rows = np.ascontiguousarray(x).reshape(len(x), int(np.prod(x.shape[1:])))
+        start = len(ids)
+        content = np.array([ids.setdefault(row.tobytes(), len(ids)) for row in rows], np.int64)
+        known, first = np.unique(content, return_index=True)
+        first = first[known >= start]   # first occurrence of each new content, in id order
+        if len(first):                  # K(x, x) of each new content, once
+            self_values.extend(sets(x[first][:, None])[:, 0, 0])
+        dtype = np.float64 if float64 else np.float32
+        return x, content, np.asarray(self_values, dtype)[content]
+
+    def tie(k, rep_a, rep_b):
+        same = rep_a[1][..., :, None] == rep_b[1][..., None, :]
+        return np.where(same, rep_a[2][..., :, None], k)
+
+    def cross(rep_a, rep_b=None):
+        k = pair(rep_a[0]) if rep_b is None else pair(rep_a[0], rep_b[0])
+        return tie(k, rep_a, rep_a if rep_b is None else rep_b)
+
+    def within(rep):
+        return tie(sets(rep[0]), rep, rep)
+
+    return Kernel(represent, cross, within, lambda rep: rep[2], bool(float64), None)
