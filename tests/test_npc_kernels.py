@@ -1,4 +1,4 @@
-"""Each kernel of npc_jax.strategies.kernels against a plain reference; the searches on toy kernels."""
+"""Each kernel of strategies.kernels against a plain reference; the searches on toy kernels."""
 import itertools
 
 import jax

@@ -49,8 +49,8 @@ from npc_jax.data import images_to_float
 from npc_jax.inference import check_finite, chunked_map
 from npc_jax.strategies.base import AcquisitionContext
 
-__all__ = ["KERNELS", "Kernel", "check_options", "dot_gram", "embedding_kernel", "empirical_kernel",
-           "feature_kernel", "full_kernel", "gram_kernel", "infinite_kernel",
+__all__ = ["KERNELS", "Kernel", "check_options", "dot_gram", "embedding_kernel",
+           "empirical_kernel", "feature_kernel", "full_kernel", "gram_kernel", "infinite_kernel",
            "last_layer_kernel", "normalized", "precomputed", "probs_gram", "unit_rows"]
 
 KERNELS = ("last", "full")   # NPC's finite-network kernels (option `kernel`)
@@ -66,7 +66,7 @@ class Kernel(NamedTuple):
 
 
 def check_options(kernel: str, output: str) -> None:
-    """Raises ValueError naming the config field unless kernel ∈ KERNELS and output ∈ ntk.OUTPUTS."""
+    """Raises ValueError (naming the config field) unless kernel ∈ KERNELS, output ∈ OUTPUTS."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be 'last' or 'full', got {kernel!r} "
                          "(config field strategy_options.<npc>.kernel).")
@@ -107,7 +107,10 @@ def _jitted(gram):
 
 
 def _bucket(n: int, limit: int) -> int:
-    """Rows per compiled call: the next power of two ≥ n, at most `limit` (few shapes, little padding)."""
+    """Rows per compiled call: the next power of two ≥ n, at most `limit`.
+
+    Few compiled shapes (log2 of the largest), and at most 2× padding.
+    """
     return int(min(limit, 1 << max(0, int(n) - 1).bit_length()))
 
 
