@@ -76,7 +76,7 @@ def main(argv):
         return
     except ValueError as error:   # config, data and workdir errors name their fix
         sys.exit(f"error: {error}")
-    measured = [r for r in records if r["test_accuracy"] is not None]
+    measured = [r for r in records if r.test_accuracy is not None]
     print()
     if measured:
         print(results.format_table(measured))

@@ -86,10 +86,10 @@ def main(argv):
         records = loop.run(make_config(variant, _LABELS.value, _SEEDS.value, _BASE.value),
                            workdir, on_record=lambda r: print(loop.describe_record(r), flush=True))
         for r in records:
-            rows.append({"variant": variant, "seed": r["seed"], "labels": r["num_labels"],
-                         "validation_accuracy": r["validation_accuracy"],
-                         "train_seconds": r["train_seconds"],
-                         **{k: r["train_metrics"].get(k) for k in
+            rows.append({"variant": variant, "seed": r.seed, "labels": r.num_labels,
+                         "validation_accuracy": r.validation_accuracy,
+                         "train_seconds": r.train_seconds,
+                         **{k: r.train_metrics.get(k) for k in
                             ("mask_rate", "pseudo_label_accuracy")}})
     for row in rows:
         print(json.dumps(row))

@@ -46,6 +46,9 @@ _EXPORTS = {
     "get_model": "models",
     "make_strategy": "strategies",
     "TrainConfig": "train",
+    "RoundRecord": "records",
+    "read_records": "records",
+    "RunSettings": "config",
 }
 
 __all__ = sorted([*_SUBMODULES, *_EXPORTS])
@@ -55,7 +58,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never run
                          ntk, pretraining, records, report, representation, results, spectral,
                          ssl, strategies, train)
     from npc_jax.data import DataError, Dataset, Pool, load_dataset
+    from npc_jax.config import RunSettings
     from npc_jax.models import Model, get_model
+    from npc_jax.records import RoundRecord, read_records
     from npc_jax.strategies import make_strategy
     from npc_jax.train import TrainConfig
 

@@ -56,6 +56,7 @@ from npc_jax import records
 from npc_jax.data import DataError, Dataset, load_dataset, validate_arrays
 
 __all__ = [
+    "LABELS_FILE",
     "Export",
     "HumanLabels",
     "LabelRequest",
@@ -665,6 +666,19 @@ def import_labels(workdir: str | os.PathLike, csv_path: str | os.PathLike) -> di
     return entry
 
 
+def _parse_label(raw: str, num_classes: int, by_name: dict) -> int | str:
+    """The class of a label cell, or "unknown" (a class id or name not in the
+    query) or "garbage" (not a class at all)."""
+    if _INTEGER.fullmatch(raw):
+        value = int(raw)
+        return value if 0 <= value < num_classes else "unknown"
+    if raw.casefold() in by_name:
+        return by_name[raw.casefold()]
+    if by_name and not re.fullmatch(r"[+-]?[\d.eE+-]+", raw):
+        return "unknown"
+    return "garbage"
+
+
 def _check_rows(path: Path, rows: list[dict], pending: dict, labelled_before: set) -> dict:
     """The store entry of valid `rows`, or DataError listing every problem."""
     num_classes = pending["num_classes"]
@@ -690,18 +704,9 @@ def _check_rows(path: Path, rows: list[dict], pending: dict, labelled_before: se
         if not raw_label:
             empty.append(index)
             continue
-        if _INTEGER.fullmatch(raw_label):
-            value = int(raw_label)
-            if not 0 <= value < num_classes:
-                unknown.append(f"id {index}: {raw_label!r}")
-                continue
-        elif raw_label.casefold() in by_name:
-            value = by_name[raw_label.casefold()]
-        elif names and not re.fullmatch(r"[+-]?[\d.eE+-]+", raw_label):
-            unknown.append(f"id {index}: {raw_label!r}")
-            continue
-        else:
-            garbage.append(f"id {index}: {raw_label!r}")
+        value = _parse_label(raw_label, num_classes, by_name)
+        if value is None or value in ("unknown", "garbage"):
+            (unknown if value == "unknown" else garbage).append(f"id {index}: {raw_label!r}")
             continue
         labels[index] = value
 

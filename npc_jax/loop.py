@@ -33,7 +33,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from npc_jax import checkpoint, inference, labelling, records, results, strategies, train
+from npc_jax import (checkpoint, inference, labelling, records, representation, results,
+                     strategies, train)
 from npc_jax.config import RunSettings, config_difference
 from npc_jax.data import DataError, Dataset, Pool, carve_validation, initial_pool, load_dataset
 from npc_jax.models import Model, get_model
@@ -42,7 +43,7 @@ from npc_jax.strategies.base import AcquisitionContext, StatefulStrategy, Strate
 __all__ = ["Experiment", "RoundKeys", "RunSettings", "describe_record", "initial_model",
            "prepare", "run", "run_round", "train_and_evaluate"]
 
-OnRecord = Callable[[dict], None]
+OnRecord = Callable[[records.RoundRecord], None]
 
 
 class RoundKeys(NamedTuple):
@@ -73,6 +74,8 @@ class Experiment:
       init_variables: the pretrained variables every training starts from, or None.
       pretraining: what the records say of the pretraining (None: from scratch).
       progress: show tqdm bars.
+      embedding: (N, d) the pool embedded by the pretrained encoder (None:
+        no pretraining), for the embedding-based strategies.
     """
 
     settings: RunSettings
@@ -85,6 +88,7 @@ class Experiment:
     init_variables: Any = None
     pretraining: dict | None = None
     progress: bool = False
+    embedding: np.ndarray | None = None
 
 
 def prepare(settings: RunSettings, dataset: Dataset, labeller, *,
@@ -110,8 +114,12 @@ def prepare(settings: RunSettings, dataset: Dataset, labeller, *,
         # (human mode refuses validation_size: a person's labels are never carved).
         labeller = labelling.TrueLabels(dataset.y_train, dataset.num_classes)
     test = (dataset.x_test, dataset.y_test) if len(dataset.y_test) else None
+    embedding = None
+    if init_variables is not None:   # once per run: one pass of the encoder over the pool
+        embedding = representation.embed(model, init_variables, dataset.x_train,
+                                         batch_size=settings.train.eval_batch_size)
     return Experiment(settings, model, dataset, labeller, test, validation, fingerprint,
-                      init_variables, pretraining, progress)
+                      init_variables, pretraining, progress, embedding)
 
 
 # -- training -------------------------------------------------------------------------
@@ -206,7 +214,8 @@ def _median_training(exp: Experiment, pool: Pool, key: jax.Array, seed: int):
 
 
 def run_round(exp: Experiment, strategy: Strategy, pool: Pool, keys: RoundKeys, *,
-              seed: int, round_index: int, trained: tuple | None = None) -> tuple[dict, Pool]:
+              seed: int, round_index: int,
+              trained: tuple | None = None) -> tuple[records.RoundRecord, Pool]:
     """Round r of (strategy, seed): train, evaluate, acquire (none after the last round).
 
     Args:
@@ -231,7 +240,7 @@ def run_round(exp: Experiment, strategy: Strategy, pool: Pool, keys: RoundKeys, 
     if round_index < s.rounds:
         visible_labels = np.where(pool.labeled_mask, exp.labeller.labels, -1)
         ctx = AcquisitionContext(exp.model, variables, exp.data.x_train, visible_labels,
-                                 batch_size=s.train.eval_batch_size)
+                                 batch_size=s.train.eval_batch_size, embedding=exp.embedding)
         start = time.perf_counter()
         acquisition = strategy.select(keys.acquire, ctx, pool, s.query_size)
         seconds = time.perf_counter() - start
@@ -243,55 +252,47 @@ def run_round(exp: Experiment, strategy: Strategy, pool: Pool, keys: RoundKeys, 
 
 def _round_record(exp: Experiment, strategy: Strategy, pool: Pool, summary: dict, *, seed: int,
                   round_index: int, acquired: np.ndarray, objective: dict | None,
-                  acquisition_seconds: float) -> dict:
+                  acquisition_seconds: float) -> records.RoundRecord:
     s, labels = exp.settings, exp.labeller.labels
     labeled = pool.labeled_indices
-    record = {
-        "dataset": s.dataset, "dataset_fingerprint": exp.fingerprint,
-        "mode": s.mode, "strategy": strategy.name,
-        "seed": seed, "round": round_index, "num_labels": int(len(labeled)),
-        "test_accuracy": summary["test_accuracy"],
-        "validation_accuracy": summary.get("validation_accuracy"),
-        "labeled_indices": labeled.tolist(),
-        "acquired_indices": acquired.tolist(),
-        "class_counts": np.bincount(labels[labeled], minlength=exp.data.num_classes).tolist(),
-        "objective": objective,
-        "acquisition_seconds": acquisition_seconds,
-        "train_seconds": summary["train_seconds"],
-        "train_metrics": summary["train_metrics"],
-        "strategy_options": s.options_of(strategy.name),
-        "pretraining": exp.pretraining,
-        "shared_initial_model": round_index == 0,
-        "initial_trainings": summary.get("initial_trainings") if round_index == 0 else None,
-        "strategy_state": (strategy.state_dict() if isinstance(strategy, StatefulStrategy)
-                           else None),
-        "config": s.config, "config_hash": s.config_hash,
-    }
-    if exp.labeller.source == "human":
-        record.update({
-            "labels_from": "human",
-            "labeled_labels": labels[labeled].tolist(),   # in labeled_indices' order
-            "test_split": exp.data.notes.get("test_split") if exp.test else None})
-    return record
+    human = exp.labeller.source == "human"
+    return records.RoundRecord(
+        dataset=s.dataset, dataset_fingerprint=exp.fingerprint, mode=s.mode,
+        strategy=strategy.name, seed=seed, round=round_index, num_labels=len(labeled),
+        test_accuracy=summary["test_accuracy"],
+        validation_accuracy=summary.get("validation_accuracy"),
+        labeled_indices=labeled, acquired_indices=acquired,
+        class_counts=np.bincount(labels[labeled], minlength=exp.data.num_classes),
+        objective=objective, acquisition_seconds=acquisition_seconds,
+        train_seconds=summary["train_seconds"], train_metrics=summary["train_metrics"],
+        strategy_options=s.options_of(strategy.name), pretraining=exp.pretraining,
+        shared_initial_model=round_index == 0,
+        initial_trainings=summary.get("initial_trainings") if round_index == 0 else None,
+        strategy_state=(strategy.state_dict() if isinstance(strategy, StatefulStrategy)
+                        else None),
+        config=s.config, config_hash=s.config_hash,
+        **({"labels_from": "human",
+            "labeled_labels": labels[labeled],   # in labeled_indices' order
+            "test_split": exp.data.notes.get("test_split") if exp.test else None}
+           if human else {}))
 
 
-def describe_record(record: dict) -> str:
+def describe_record(record: records.RoundRecord) -> str:
     """One line of progress: strategy, seed, round, labels, accuracy, times, λ_min."""
-    metrics = record["train_metrics"]
+    metrics = record.train_metrics
     extra = "".join(f" {k}={metrics[k]:.2f}" for k in ("mask_rate", "pseudo_label_accuracy")
                     if k in metrics)
-    objective = record["objective"]
-    lam = (f" λ_min={objective['lambda_min']:.4g}"
-           if objective and "lambda_min" in objective else "")
-    accuracy = record["test_accuracy"]
-    accuracy = "n/a" if accuracy is None else f"{100 * accuracy:.2f}%"
-    return (f"[{record['mode']}] {record['strategy']:>10s} seed={record['seed']} "
-            f"round={record['round']} labels={record['num_labels']:4d} acc={accuracy} "
-            f"train={record['train_seconds']:.0f}s "
-            f"acquire={record['acquisition_seconds']:.1f}s{lam}{extra}")
+    lam = (f" λ_min={record.objective.lambda_min:.4g}"
+           if isinstance(record.objective, records.LambdaMinObjective) else "")
+    accuracy = ("n/a" if record.test_accuracy is None
+                else f"{100 * record.test_accuracy:.2f}%")
+    return (f"[{record.mode}] {record.strategy:>10s} seed={record.seed} "
+            f"round={record.round} labels={record.num_labels:4d} acc={accuracy} "
+            f"train={record.train_seconds:.0f}s "
+            f"acquire={record.acquisition_seconds:.1f}s{lam}{extra}")
 
 
-def _log_record(record: dict) -> None:
+def _log_record(record: records.RoundRecord) -> None:
     logging.info("%s", describe_record(record))
 
 
@@ -303,28 +304,29 @@ class _Ledger:
 
     def __init__(self, settings: RunSettings, log: records.JsonlLog, fingerprint: str):
         self.settings, self.log = settings, log
-        self.done: dict[tuple[str, int, int], dict] = {}
-        for record in log.read():
-            if record.get("config_hash") != settings.config_hash:
+        self.done: dict[tuple[str, int, int], records.RoundRecord] = {}
+        for record in records.read_records([log.path], missing_ok=True):
+            if record.config_hash != settings.config_hash:
                 raise ValueError(
                     f"{log.path} holds records of a different config: "
-                    f"{config_difference(record.get('config', {}), settings.config)}. Use a new "
-                    "--workdir, or the original config, to resume.")
-            recorded = record.get("dataset_fingerprint")
+                    f"{config_difference(records.thaw(record.config), settings.config)}. Use a "
+                    "new --workdir, or the original config, to resume.")
+            recorded = record.dataset_fingerprint
             if recorded is not None and recorded != fingerprint:
                 raise ValueError(
                     f"{log.path} holds records of other data: {settings.dataset} now has "
                     f"content fingerprint {fingerprint}, the records {recorded} (the file "
                     "was replaced or the dataset changed). Use a new --workdir for the new data.")
-            self.done[(record["strategy"], record["seed"], record["round"])] = record
+            self.done[(record.strategy, record.seed, record.round)] = record
 
     def check_options(self, name: str) -> None:
         options = self.settings.options_of(name)
         for (strategy, _, _), record in self.done.items():
-            if strategy == name and record.get("strategy_options", {}) != options:
+            recorded = records.thaw(record.strategy_options)
+            if strategy == name and recorded != options:
                 raise ValueError(
                     f"{self.log.path} holds {name!r} records made with options "
-                    f"{record.get('strategy_options')} but the config gives {options}; use a "
+                    f"{recorded} but the config gives {options}; use a "
                     "new --workdir, or register the variant under a new strategy name.")
 
     def resume(self, name: str, seed: int, pool: Pool) -> tuple[Pool, int]:
@@ -332,15 +334,15 @@ class _Ledger:
         start = 0
         while (name, seed, start) in self.done:
             record = self.done[(name, seed, start)]
-            pool = Pool(pool.num_samples, tuple(record["labeled_indices"]))
-            if record["acquired_indices"]:
-                pool = pool.reveal(record["acquired_indices"])
+            pool = Pool(pool.num_samples, record.labeled_indices)
+            if record.acquired_indices:
+                pool = pool.reveal(record.acquired_indices)
             start += 1
         return pool, start
 
-    def add(self, record: dict) -> None:
+    def add(self, record: records.RoundRecord) -> None:
         self.log.append(record)
-        self.done[(record["strategy"], record["seed"], record["round"])] = record
+        self.done[(record.strategy, record.seed, record.round)] = record
 
     def missing_labels(self, labeller, name: str, seed: int, r: int,
                        pool: Pool) -> labelling.LabelRequest | None:
@@ -351,13 +353,13 @@ class _Ledger:
         if not missing.any():
             return None
         # Ranks count from the first index this round added, in pick order.
-        first = self.done[(name, seed, r - 1)]["num_labels"] if r > 0 else 0
+        first = self.done[(name, seed, r - 1)].num_labels if r > 0 else 0
         positions = np.flatnonzero(missing)
         if r == 0:
             what, objective = f"the initial labels of seed {seed} (drawn at random)", None
         else:
             what = f"{name}'s query in round {r - 1} (seed {seed})"
-            objective = self.done[(name, seed, r - 1)]["objective"]
+            objective = records.thaw(self.done[(name, seed, r - 1)].objective)
         return labelling.LabelRequest(indices=labeled[positions], ranks=positions - first + 1,
                                       strategy=name, seed=seed, round=r, what=what,
                                       objective=objective)
@@ -387,7 +389,7 @@ def _run_strategy(exp: Experiment, ledger: _Ledger, workdir: Path, name: str, se
     ledger.check_options(name)
     pool, start = ledger.resume(name, seed, initial)
     if start > 0 and isinstance(strategy, StatefulStrategy):
-        strategy.load_state_dict(ledger.done[(name, seed, start - 1)]["strategy_state"])
+        strategy.load_state_dict(records.thaw(ledger.done[(name, seed, start - 1)].strategy_state))
     for r in range(start, s.rounds + 1):
         request = ledger.missing_labels(exp.labeller, name, seed, r, pool)
         if request is not None:
@@ -405,7 +407,8 @@ def _run_strategy(exp: Experiment, ledger: _Ledger, workdir: Path, name: str, se
 
 
 def run(config, workdir: str | os.PathLike, *, progress: bool | None = None,
-        labels: str = "oracle", on_record: OnRecord | None = None) -> list[dict]:
+        labels: str = "oracle",
+        on_record: OnRecord | None = None) -> list[records.RoundRecord]:
     """Runs every (seed, strategy) of `config`; returns all records of `workdir`.
 
     Args:
@@ -435,7 +438,7 @@ def run(config, workdir: str | os.PathLike, *, progress: bool | None = None,
         if workdir and Path(workdir).is_dir() and _is_finished(settings, Path(workdir)):
             logging.warning("%s is read-only and complete: nothing to run, summary not "
                             "rewritten.", workdir)
-            return records.read_jsonl(Path(workdir) / "results.jsonl")
+            return records.read_records([Path(workdir) / "results.jsonl"])
         raise
     try:
         with records.WorkdirLock(workdir):
@@ -450,9 +453,9 @@ def run(config, workdir: str | os.PathLike, *, progress: bool | None = None,
 
 def _is_finished(settings: RunSettings, workdir: Path) -> bool:
     """Whether `workdir` records every (strategy, seed, round) of `settings`."""
-    done = {(r.get("strategy"), r.get("seed"), r.get("round"))
-            for r in records.read_jsonl(workdir / "results.jsonl")
-            if r.get("config_hash") == settings.config_hash}
+    done = {(r.strategy, r.seed, r.round)
+            for r in records.read_records([workdir / "results.jsonl"], missing_ok=True)
+            if r.config_hash == settings.config_hash}
     return all((name, seed, r) in done for name in settings.strategies
                for seed in settings.seeds for r in range(settings.rounds + 1))
 
@@ -478,7 +481,7 @@ def _load(settings: RunSettings, workdir: Path):
 
 
 def _run_locked(settings: RunSettings, workdir: Path, *, progress: bool | None,
-                on_record: OnRecord) -> list[dict]:
+                on_record: OnRecord) -> list[records.RoundRecord]:
     """`run` once the workdir is known writable and this process holds its lock."""
     dataset, labeller, class_names = _load(settings, workdir)
     if settings.final_num_labels + settings.validation_size > dataset.num_train:
@@ -497,18 +500,18 @@ def _run_locked(settings: RunSettings, workdir: Path, *, progress: bool | None,
         for name in settings.strategies:
             request = _run_strategy(exp, ledger, workdir, name, seed, on_record)
             if request is not None:
-                _write_summary(log.read(), workdir)
+                _write_summary(records.read_records([log.path], missing_ok=True), workdir)
                 raise labelling.LabelsNeeded(labelling.export_query(
                     workdir, request, dataset.x_train, num_classes=dataset.num_classes,
                     class_names=class_names, dataset=settings.dataset))
-    all_records = log.read()
+    all_records = records.read_records([log.path], missing_ok=True)
     _write_summary(all_records, workdir)
     return all_records
 
 
-def _write_summary(run_records: list[dict], workdir: Path) -> None:
+def _write_summary(run_records: list[records.RoundRecord], workdir: Path) -> None:
     """summary.md and accuracy.png of the records that have a test accuracy."""
-    measured = [r for r in run_records if r["test_accuracy"] is not None]
+    measured = [r for r in run_records if r.test_accuracy is not None]
     if measured:
         (workdir / "summary.md").write_text(results.format_table(measured) + "\n")
         results.plot_accuracy(measured, workdir / "accuracy.png")

@@ -331,7 +331,13 @@ def supervised_step(state: TrainState, data: TrainData, key: jax.Array, *,
 
 def fixmatch_step(state: TrainState, data: TrainData, key: jax.Array, *,
                   model: Model, config: TrainConfig):
-    """One FixMatch(-DARP) step; the unlabeled batch is drawn from the whole pool."""
+    """One FixMatch(-DARP) step; the unlabeled batch is drawn from the whole pool.
+
+    Longer than ~60 lines on purpose: sampling, the three augmentations, the
+    DARP refinement, the thresholds and the joint or separate forward passes
+    share traced values inside one jitted step; split into helpers, each
+    would pass most of them back and forth.
+    """
     keys = dict(zip(("labeled", "unlabeled", "weak_l", "weak_u", "strong_u"),
                     jax.random.split(key, 5)))
     batch_l, batch_u = config.batch_size, config.batch_size * config.mu

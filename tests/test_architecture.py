@@ -16,7 +16,6 @@ import pkgutil
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,6 @@ import npc_jax
 
 ROOT = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
-
-# Modules still without __all__ (being rewritten in issue 14's other parts): empty
-# these lists as they are fixed (a stale entry is reported as a warning).
-KNOWN_WITHOUT_ALL = {"npc_jax.strategies.albl", "npc_jax.strategies.npc",
-                     "npc_jax.strategies.npc_infinite", "npc_jax.strategies.npc_search"}
-# (module, private name) pairs still used across modules.
-KNOWN_PRIVATE_USES = {("npc_jax.strategies.npc", "_score_summary")}
 
 needs_import_linter = pytest.mark.skipif(
     not LINT_IMPORTS.exists(), reason="needs import-linter (pip install -e .[dev])")
@@ -130,10 +122,7 @@ def test_every_module_declares_all():
                 hasattr(module, "__path__")
                 and importlib.util.find_spec(f"{name}.{public}") is not None)
             assert exists, f"{name}.__all__ names {public!r}, which {name} does not define"
-    assert without <= KNOWN_WITHOUT_ALL, f"add __all__ to {sorted(without - KNOWN_WITHOUT_ALL)}"
-    if KNOWN_WITHOUT_ALL - without:   # a warning, not a failure, while they are being edited
-        warnings.warn(f"{sorted(KNOWN_WITHOUT_ALL - without)} have __all__ now: remove them "
-                      "from KNOWN_WITHOUT_ALL")
+    assert not without, f"add __all__ to {sorted(without)}"
 
 
 def _module_name(path: Path) -> str:
@@ -187,8 +176,4 @@ def test_no_private_name_crosses_modules():
         for module, name, line in _cross_module_names(path, modules):
             if name.startswith("_") and not name.startswith("__"):
                 found.setdefault((module, name), []).append(f"{path.relative_to(ROOT)}:{line}")
-    unknown = {k: v for k, v in found.items() if k not in KNOWN_PRIVATE_USES}
-    assert not unknown, f"private names used across modules (make them public): {unknown}"
-    if KNOWN_PRIVATE_USES - set(found):
-        warnings.warn(f"{sorted(KNOWN_PRIVATE_USES - set(found))} no longer cross modules: "
-                      "remove them from KNOWN_PRIVATE_USES")
+    assert not found, f"private names used across modules (make them public): {found}"

@@ -222,7 +222,7 @@ def test_a_checkpoint_of_other_data_is_not_reused(copy, monkeypatch):
     got = loop.run(_config(dataset), run, progress=False)
     assert len(trainings) == 2 and len(got) == 2      # round 0 retrained, then round 1
     meta = json.loads((run / "checkpoints" / "seed0_round0.json").read_text())
-    assert meta["dataset_fingerprint"] == got[0]["dataset_fingerprint"]
+    assert meta["dataset_fingerprint"] == got[0].dataset_fingerprint
 
 
 def test_a_truncated_checkpoint_is_named(copy):
@@ -310,7 +310,7 @@ def test_report_of_a_human_labelled_run_without_test_split(tmp_path):
     csv_path.write_text("\n".join(rows) + "\n")
     labelling.import_labels(workdir, csv_path)
     got = loop.run(config, workdir, progress=False, labels="human")
-    assert got[0]["test_accuracy"] is None
+    assert got[0].test_accuracy is None
     written = report.write_report([workdir], tmp_path / "report")   # no crash, no refusal
     assert (tmp_path / "report" / "report.md") in written
     (tmp_path / "a_file").write_text("x")

@@ -39,12 +39,12 @@ def _smoke(config, steps, *, batch_size=4, mu=1):
 def _check(records, config):
     strategies = config.strategies.split(",")
     seeds = [int(s) for s in config.seeds.split(",")]
-    assert {(r["strategy"], r["seed"]) for r in records} == {
+    assert {(r.strategy, r.seed) for r in records} == {
         (s, seed) for s in strategies for seed in seeds}
     for r in records:
-        assert r["num_labels"] == config.initial_labels + r["round"] * config.query_size
-        assert 0.0 <= r["test_accuracy"] <= 1.0
-        assert len(set(r["labeled_indices"])) == r["num_labels"]
+        assert r.num_labels == config.initial_labels + r.round * config.query_size
+        assert 0.0 <= r.test_accuracy <= 1.0
+        assert len(set(r.labeled_indices)) == r.num_labels
 
 
 @pytest.mark.slow
@@ -57,8 +57,8 @@ def test_cifar10_paper_protocol_smoke_with_wrn_on_mock_data(tmp_path):
     with tfds.testing.mock_data(num_examples=120):
         records = loop.run(config, tmp_path, progress=False)
     _check(records, config)
-    first = next(r for r in records if r["round"] == 0)
-    assert len(first["initial_trainings"]["test_accuracies"]) == 3
+    first = next(r for r in records if r.round == 0)
+    assert len(first.initial_trainings.test_accuracies) == 3
 
 
 # The other paper configs reuse cifar10_paper's recipe; their smoke runs swap
@@ -91,7 +91,7 @@ def test_fmnist_long_smoke_100_steps(tmp_path):
     config.rounds = 1
     records = loop.run(config, tmp_path, progress=False)
     _check(records, config)
-    assert all(r["train_metrics"]["step"] == 100 for r in records if r["round"] > 0)
+    assert all(r.train_metrics["step"] == 100 for r in records if r.round > 0)
 
 
 @pytest.mark.slow
@@ -111,9 +111,9 @@ def test_fashion_mnist_configs_smoke_as_written(tmp_path, name, arg):
         config.pretrain_cache = str(tmp_path / "cache")
     records = loop.run(config, tmp_path / "run", progress=False)
     _check(records, config)
-    assert records[0]["config"]["dataset"] == "fashion_mnist"
-    assert (records[0]["pretraining"] is not None) == (name == "fmnist_pretrained")
-    trained = [r["train_metrics"] for r in records]
+    assert records[0].config["dataset"] == "fashion_mnist"
+    assert (records[0].pretraining is not None) == (name == "fmnist_pretrained")
+    trained = [r.train_metrics for r in records]
     if config.mode == "assl":
         assert config.train.weak_forward == "separate" and config.train.darp
         assert all("mask_rate" in m for m in trained)      # FixMatch steps ran
@@ -142,7 +142,7 @@ def test_bfloat16_compute_option_is_checked_and_runs(tmp_path):
     config.model_dtype = "bfloat16"
     with tfds.testing.mock_data(num_examples=60):
         records = loop.run(config, tmp_path, progress=False)
-    assert records[0]["config"]["model_dtype"] == "bfloat16"
+    assert records[0].config["model_dtype"] == "bfloat16"
     config.model, config.model_dtype = "cnn", "bfloat16"
     with pytest.raises(ValueError, match="wrn28_2 only"):
         loop.run(config, tmp_path / "cnn")

@@ -81,7 +81,7 @@ def _stored(workdir) -> bytes:
 
 
 def _strip(records):
-    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
+    return [{k: v for k, v in r.to_json().items() if k not in VOLATILE} for r in records]
 
 
 # --------------------------------------------------------------------------- #
@@ -107,13 +107,13 @@ def test_true_labels_typed_in_by_hand_give_the_oracle_records(dataset, tmp_path)
         exports.append(export)
     human = loop.run(config, workdir, progress=False, labels="human")
     assert _strip(human) == _strip(oracle)
-    by_round = {r["round"]: r for r in oracle}
-    assert [list(e.indices) for e in exports] == [by_round[0]["acquired_indices"],
-                                                   by_round[1]["acquired_indices"]]
+    by_round = {r.round: r for r in oracle}
+    assert [tuple(e.indices) for e in exports] == [by_round[0].acquired_indices,
+                                                    by_round[1].acquired_indices]
     for record in human:
-        assert record["labels_from"] == "human" and record["test_split"] == "given"
-        assert record["labeled_labels"] == y[record["labeled_indices"]].tolist()
-        assert "pseudo_label_accuracy" not in record["train_metrics"]
+        assert record.labels_from == "human" and record.test_split == "given"
+        assert record.labeled_labels == tuple(y[list(record.labeled_indices)])
+        assert "pseudo_label_accuracy" not in record.train_metrics
     assert labelling.read_pending(workdir) is None
     # Finished: running again trains nothing and asks for nothing.
     assert _strip(loop.run(config, workdir, progress=False, labels="human")) == _strip(human)
@@ -144,19 +144,18 @@ def test_records_carry_the_human_labels_never_the_true_ones(dataset, tmp_path):
 
     second = _next_export(config, tmp_path)
     assert second.query == 1 and not set(second.indices) & set(export.indices)
-    [record] = json.loads("[" + (tmp_path / "results.jsonl").read_text().strip()
-                          .replace("\n", ",") + "]")
-    given = [wrong[i] for i in record["labeled_indices"]]
-    assert record["labeled_labels"] == given
-    assert record["class_counts"] == np.bincount(given, minlength=4).tolist()
-    assert record["acquired_indices"] == list(second.indices)
+    [record] = records.read_records([tmp_path / "results.jsonl"])
+    given = [wrong[i] for i in record.labeled_indices]
+    assert record.labeled_labels == tuple(given)
+    assert record.class_counts == tuple(np.bincount(given, minlength=4))
+    assert record.acquired_indices == tuple(second.indices)
 
     _fill(second.csv, lambda i: CLASS_NAMES[int(y[i])])
     labelling.import_labels(tmp_path, second.csv)
-    records = loop.run(config, tmp_path, progress=False, labels="human")
-    last = max(records, key=lambda r: r["round"])
-    assert last["num_labels"] == 8
-    assert last["labeled_labels"] == given + y[list(second.indices)].tolist()
+    run_records = loop.run(config, tmp_path, progress=False, labels="human")
+    last = max(run_records, key=lambda r: r.round)
+    assert last.num_labels == 8
+    assert last.labeled_labels == tuple(given + y[list(second.indices)].tolist())
     assert [e["query"] for e in labelling.read_store(tmp_path)] == [0, 1]
 
 
@@ -171,7 +170,7 @@ def test_unlabelled_npz_runs_without_a_test_split(tmp_path):
     _fill(export.csv, lambda i: y[i])
     labelling.import_labels(tmp_path / "run", export.csv)
     [record] = loop.run(config, tmp_path / "run", progress=False, labels="human")
-    assert record["test_accuracy"] is None and record["test_split"] is None
+    assert record.test_accuracy is None and record.test_split is None
     assert not (tmp_path / "run" / "summary.md").exists()
     with pytest.raises(DataError, match="lacks key"):   # the oracle needs y
         loop.run(config, tmp_path / "oracle", progress=False)

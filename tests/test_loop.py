@@ -1,5 +1,4 @@
 """The ASSL loop end to end on a tiny npz dataset: records, determinism, resume, errors."""
-import json
 import os
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from npc_jax import loop
+from npc_jax import loop, records
 from npc_jax.data import DataError
 
 import toy_config
@@ -35,7 +34,7 @@ def dataset(tmp_path_factory):
 
 
 def _strip(records):
-    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS + ("train_metrics",)}
+    return [{k: v for k, v in r.to_json().items() if k not in TIMING_FIELDS + ("train_metrics",)}
             for r in records]
 
 
@@ -63,8 +62,8 @@ def _round0_lambda_min(workdir, record):
     template = jax.device_get(model.init(jax.random.PRNGKey(0)))
     variables = flax.serialization.from_bytes(
         template, (workdir / "checkpoints" / "seed0_round0.msgpack").read_bytes())
-    x = np.load(record["config"]["dataset"].removeprefix("npz:"))["x"]
-    points = record["labeled_indices"] + record["acquired_indices"]
+    x = np.load(record.config["dataset"].removeprefix("npz:"))["x"]
+    points = list(record.labeled_indices + record.acquired_indices)
     images = x[points][..., None].astype(np.float32) / 255.0
     _, features = model.apply_with_features(variables, images)
     phi = np.concatenate([np.asarray(features, np.float64), np.ones((len(points), 1))], 1)
@@ -78,22 +77,22 @@ def test_records_are_complete_shared_and_deterministic(dataset, tmp_path, monkey
     assert len(trainings) == 1 + 2 * 2, trainings
     assert len(first) == 6  # 2 strategies x 3 rounds
     for r in first:
-        assert r["num_labels"] == 4 + 4 * r["round"]
-        assert len(set(r["labeled_indices"])) == r["num_labels"]
-        assert sum(r["class_counts"]) == r["num_labels"]
-        assert not set(r["acquired_indices"]) & set(r["labeled_indices"])
-        assert len(r["acquired_indices"]) == (4 if r["round"] < 2 else 0)
-    by = {(r["strategy"], r["round"]): r for r in first}
-    assert by[("passive", 0)]["test_accuracy"] == by[("npc", 0)]["test_accuracy"]
+        assert r.num_labels == 4 + 4 * r.round
+        assert len(set(r.labeled_indices)) == r.num_labels
+        assert sum(r.class_counts) == r.num_labels
+        assert not set(r.acquired_indices) & set(r.labeled_indices)
+        assert len(r.acquired_indices) == (4 if r.round < 2 else 0)
+    by = {(r.strategy, r.round): r for r in first}
+    assert by[("passive", 0)].test_accuracy == by[("npc", 0)].test_accuracy
     # The summary of the one round-0 training, loaded from its checkpoint.
-    assert by[("passive", 0)]["train_seconds"] == by[("npc", 0)]["train_seconds"]
-    objective = by[("npc", 0)]["objective"]
-    assert objective["lambda_min"] == objective["random_batches"]["quantiles"]["1.0"]
-    assert objective["lambda_min"] > objective["random_batches"]["quantiles"]["0.0"]
-    assert objective["lambda_min"] == pytest.approx(
+    assert by[("passive", 0)].train_seconds == by[("npc", 0)].train_seconds
+    objective = by[("npc", 0)].objective
+    assert objective.lambda_min == objective.random_batches.quantile(1.0)
+    assert objective.lambda_min > objective.random_batches.quantile(0.0)
+    assert objective.lambda_min == pytest.approx(
         _round0_lambda_min(tmp_path / "a", by[("npc", 0)]), rel=1e-4)
-    assert by[("passive", 1)]["labeled_indices"] == (
-        by[("passive", 0)]["labeled_indices"] + by[("passive", 0)]["acquired_indices"])
+    assert by[("passive", 1)].labeled_indices == (
+        by[("passive", 0)].labeled_indices + by[("passive", 0)].acquired_indices)
     assert (tmp_path / "a" / "summary.md").exists() and (tmp_path / "a" / "accuracy.png").exists()
     second = loop.run(_config(dataset), tmp_path / "b", progress=False)
     assert _strip(first) == _strip(second)
@@ -106,8 +105,8 @@ def test_records_are_complete_shared_and_deterministic(dataset, tmp_path, monkey
 def test_asl_mode_and_a_different_seed_gives_other_labels(dataset, tmp_path):
     records = loop.run(_config(dataset, mode="asl", strategies="passive", seeds="0,1",
                                rounds=1), tmp_path, progress=False)
-    assert {r["mode"] for r in records} == {"asl"} and len(records) == 4
-    initial = {r["seed"]: r["labeled_indices"] for r in records if r["round"] == 0}
+    assert {r.mode for r in records} == {"asl"} and len(records) == 4
+    initial = {r.seed: r.labeled_indices for r in records if r.round == 0}
     assert initial[0] != initial[1]
 
 
@@ -136,13 +135,13 @@ def test_resume_after_kill_gives_the_same_records(dataset, tmp_path):
     checkpoint_before = (checkpoint.stat().st_mtime_ns, checkpoint.read_bytes())
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    resumed = [json.loads(line) for line in log.read_text().splitlines()]
+    resumed = records.read_records([log])
     assert _strip(resumed) == _strip(reference)
     # Loaded, not retrained: the file is untouched and npc's round 0 carries the
     # summary (wall time included) of the training before the kill.
     assert (checkpoint.stat().st_mtime_ns, checkpoint.read_bytes()) == checkpoint_before
-    by = {(r["strategy"], r["round"]): r for r in resumed}
-    assert by[("npc", 0)]["train_seconds"] == by[("passive", 0)]["train_seconds"]
+    by = {(r.strategy, r.round): r for r in resumed}
+    assert by[("npc", 0)].train_seconds == by[("passive", 0)].train_seconds
 
 
 def test_bad_configs_are_refused_with_the_fix(dataset, tmp_path):
@@ -176,11 +175,11 @@ def test_strategy_options_are_checked_per_strategy(dataset, tmp_path):
 def test_initial_model_is_the_median_of_k_trainings(dataset, tmp_path):
     records = loop.run(_config(dataset, strategies="passive", rounds=0, initial_trainings=3),
                        tmp_path, progress=False)
-    info = records[0]["initial_trainings"]
-    assert info["criterion"] == "test_accuracy" and len(info["test_accuracies"]) == 3
-    accuracies = info["test_accuracies"]
-    assert accuracies[info["chosen"]] == sorted(accuracies)[1]
-    assert records[0]["test_accuracy"] == accuracies[info["chosen"]]
+    info = records[0].initial_trainings
+    assert info.criterion == "test_accuracy" and len(info.test_accuracies) == 3
+    accuracies = info.test_accuracies
+    assert accuracies[info.chosen] == sorted(accuracies)[1]
+    assert records[0].test_accuracy == accuracies[info.chosen]
     with pytest.raises(ValueError, match="odd"):
         loop.run(_config(dataset, initial_trainings=2), tmp_path / "even")
 
@@ -189,10 +188,10 @@ def test_initial_model_is_the_median_of_k_trainings(dataset, tmp_path):
 def test_zero_shot_queries_from_the_random_initialisation(dataset, tmp_path, strategy):
     records = loop.run(_config(dataset, strategies=strategy, initial_labels=0, rounds=1,
                                query_size=8), tmp_path, progress=False)
-    first, second = sorted(records, key=lambda r: r["round"])
-    assert first["num_labels"] == 0 and first["train_seconds"] == 0.0
-    assert len(set(first["acquired_indices"])) == 8
-    assert second["num_labels"] == 8 and second["labeled_indices"] == first["acquired_indices"]
+    first, second = sorted(records, key=lambda r: r.round)
+    assert first.num_labels == 0 and first.train_seconds == 0.0
+    assert len(set(first.acquired_indices)) == 8
+    assert second.num_labels == 8 and second.labeled_indices == first.acquired_indices
 
 
 def test_with_a_validation_split_the_labels_are_those_of_the_carved_pool(dataset, tmp_path):
@@ -205,7 +204,7 @@ def test_with_a_validation_split_the_labels_are_those_of_the_carved_pool(dataset
     got = loop.run(config, tmp_path, progress=False)
     carved, _, _ = carve_validation(load_dataset(f"npz:{dataset}"), 40)
     for record in got:
-        labels = carved.y_train[record["labeled_indices"]]
-        assert record["class_counts"] == np.bincount(labels, minlength=4).tolist()
+        labels = carved.y_train[list(record.labeled_indices)]
+        assert record.class_counts == tuple(np.bincount(labels, minlength=4))
     # Bars are trivially learnable: right labels give a clearly better than chance model.
-    assert got[-1]["validation_accuracy"] > 0.5
+    assert got[-1].validation_accuracy > 0.5

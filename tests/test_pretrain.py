@@ -242,11 +242,11 @@ def test_the_loop_fine_tunes_from_the_named_pretraining(toy, tmp_path):
             == config_lib.RunSettings.from_config(config).config_hash)
     got = loop.run(config, tmp_path / "run", progress=False)
     [entry] = list((tmp_path / "cache").iterdir())
-    assert {r["pretraining"]["key"] for r in got} == {entry.name}
+    assert {r.pretraining.key for r in got} == {entry.name}
     from_scratch = loop.run(scratch, tmp_path / "scratch", progress=False)
-    assert from_scratch[0]["pretraining"] is None
-    assert got[0]["test_accuracy"] != from_scratch[0]["test_accuracy"] or (
-        got[0]["train_metrics"] != from_scratch[0]["train_metrics"])
+    assert from_scratch[0].pretraining is None
+    assert got[0].test_accuracy != from_scratch[0].test_accuracy or (
+        got[0].train_metrics != from_scratch[0].train_metrics)
 
 
 def test_representation_quality_rows_and_baselines(toy):

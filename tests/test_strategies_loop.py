@@ -38,29 +38,29 @@ def _config(dataset, **overrides):
 
 
 def _strip(records):
-    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
+    return [{k: v for k, v in r.to_json().items() if k not in VOLATILE} for r in records]
 
 
 def test_every_baseline_runs_in_the_loop_and_albl_resumes(dataset, tmp_path):
     records = loop.run(_config(dataset), tmp_path / "all", progress=False)
     by_strategy = {}
     for record in records:
-        by_strategy.setdefault(record["strategy"], []).append(record)
+        by_strategy.setdefault(record.strategy, []).append(record)
     assert sorted(by_strategy) == sorted(BASELINES.split(","))
     for name, rounds in by_strategy.items():
-        assert [r["round"] for r in rounds] == [0, 1, 2]
+        assert [r.round for r in rounds] == [0, 1, 2]
         for r in rounds[:2]:
-            acquired = r["acquired_indices"]
-            assert len(set(acquired)) == 4 and not set(acquired) & set(r["labeled_indices"])
-            json.dumps(r["objective"])
+            acquired = r.acquired_indices
+            assert len(set(acquired)) == 4 and not set(acquired) & set(r.labeled_indices)
+            json.dumps(r.to_json())   # the record as written: JSON all through
     albl = by_strategy["albl"]
-    assert albl[1]["objective"]["reward"] is not None
-    assert albl[0]["strategy_state"]["round"] == 1 and albl[1]["strategy_state"]["round"] == 2
+    assert albl[1].objective.reward is not None
+    assert albl[0].strategy_state["round"] == 1 and albl[1].strategy_state["round"] == 2
 
     # A run killed after ALBL's round 0: its records hold the bandit's state;
     # resuming gives the same later rounds as the uninterrupted run.
     workdir = tmp_path / "resumed"
     workdir.mkdir()
-    (workdir / "results.jsonl").write_text(json.dumps(albl[0]) + "\n")
+    (workdir / "results.jsonl").write_text(json.dumps(albl[0].to_json()) + "\n")
     resumed = loop.run(_config(dataset, strategies="albl"), workdir, progress=False)
     assert _strip(resumed) == _strip(albl)

@@ -247,6 +247,10 @@ def _residual_and_newton_matrix(logp, s, beta, target):
 
 @jax.jit
 def _solve(probs, target, weights, max_iters, tol):
+    # One function on purpose (~60 lines): the closures below (error, merit,
+    # the Newton step) share the log-probabilities and scales of one solve
+    # inside a lax.while_loop; as module functions they would take them all
+    # as arguments.
     dtype = probs.dtype
     _, c = probs.shape
     logp = jnp.log(probs)               # exact zeros -> -inf, handled by _gibbs

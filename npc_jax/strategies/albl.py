@@ -55,11 +55,13 @@ import jax
 import numpy as np
 
 from npc_jax.data import Pool
+from npc_jax.inference import numpy_rng
 from npc_jax.strategies.base import Acquisition, AcquisitionContext, check_query
 from npc_jax.strategies.coreset import k_center_greedy
-from npc_jax.inference import numpy_rng
 from npc_jax.strategies.pool_outputs import DEFAULT_CHUNK, map_pool, top_q
 from npc_jax.strategies.uncertainty import least_confidence_scores
+
+__all__ = ["ALBL", "arm_probabilities", "exp4p_update", "importance_weighted_accuracy"]
 
 ARMS = ("least_confidence", "coreset")
 

@@ -24,7 +24,10 @@ from npc_jax.data import Pool
 from npc_jax.models import Model
 from npc_jax.inference import batched_apply
 
-__all__ = ["Acquisition", "AcquisitionContext", "StatefulStrategy", "Strategy", "check_query"]
+__all__ = ["EMBEDDING_SOURCES", "Acquisition", "AcquisitionContext", "StatefulStrategy", "Strategy", "check_query"]
+
+
+EMBEDDING_SOURCES = ("auto", "pretrained", "features")
 
 
 class Acquisition(NamedTuple):
@@ -42,6 +45,9 @@ class AcquisitionContext:
       labels: (N,) int the labels the strategy may use: only entries at
         labeled indices are meaningful (a strategy must not read others).
       batch_size: forward-pass batch for chunked inference over the pool.
+      embedding: (N, d) float32 embedding of the whole pool by the run's
+        self-supervised encoder (computed once per run), or None when the run
+        has no pretraining. Read through `embed`.
     """
 
     model: Model
@@ -49,10 +55,33 @@ class AcquisitionContext:
     images: np.ndarray
     labels: np.ndarray
     batch_size: int = 1000
+    embedding: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
         return self.model.num_classes
+
+    def embed(self, indices, source: str = "auto") -> np.ndarray:
+        """(n, d) float32 representation of pool `indices` for embedding-based strategies.
+
+        Args:
+          indices: (n,) int pool indices.
+          source: "pretrained" (the run's self-supervised encoder, `embedding`),
+            "features" (the current model's penultimate features), or "auto"
+            (pretrained when the run has one, else features).
+        """
+        indices = np.asarray(indices, np.int64)
+        if source not in EMBEDDING_SOURCES:
+            raise ValueError(f"embedding source must be one of {EMBEDDING_SOURCES}, got "
+                             f"{source!r} (strategy option `embedding`).")
+        if source == "pretrained" or (source == "auto" and self.embedding is not None):
+            if self.embedding is None:
+                raise ValueError("embedding='pretrained' needs a run with a self-supervised "
+                                 "pretraining (config.init='pretrained'); use "
+                                 "embedding='features' or 'auto'.")
+            return np.asarray(self.embedding[indices], np.float32)
+        _, features = self.logits_and_features(indices)
+        return np.asarray(features, np.float32)
 
     def logits_and_features(self, indices) -> tuple[np.ndarray, np.ndarray]:
         """Inference-mode (logits (n, C), penultimate features (n, D)), chunked."""
