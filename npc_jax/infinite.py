@@ -60,7 +60,7 @@ import jax
 import numpy as np
 
 from npc_jax.data import images_to_float
-from npc_jax.inference import check_finite, pad_rows
+from npc_jax.inference import check_finite, chunked_map, pad_rows
 from npc_jax.spectral import enable_x64   # works on old and new JAX
 
 ARCHITECTURES = ("mlp", "convnet", "wrn")
@@ -287,22 +287,19 @@ def analytic_ntk_fn(net: Network, *, chunk_size: int = 256, get: str = "ntk",
             if n1 <= chunk_size and n2 <= chunk_size:   # one call, exact shapes
                 out[:] = np.asarray(sym(x1) if symmetric else pair(x1, x2))
                 return _finite(out)
-            # Blocks of size1 × size2, the last ones padded: one compilation for all,
-            # and a thin side (e.g. |L| labeled points) is not padded to the chunk.
+            # Row chunks against column chunks through `chunked_map` (padded: one
+            # compilation for all); a thin side (e.g. |L| labeled points) is not
+            # padded to the chunk. Symmetric: blocks on and below the diagonal, mirrored.
             size1, size2 = min(chunk_size, n1), min(chunk_size, n2)
             for i in range(0, n1, size1):
-                xi = pad_rows(x1[i:i + size1], size1)
                 rows = min(size1, n1 - i)
-                for j in range(0, i + 1 if symmetric else n2, size2):
-                    cols = min(size2, n2 - j)
-                    if symmetric and j == i:
-                        block = sym(xi)
-                    else:
-                        block = pair(xi, pad_rows(x2[j:j + size2], size2))
-                    block = np.asarray(block)[:rows, :cols]
-                    out[i:i + rows, j:j + cols] = block
-                    if symmetric and j != i:
-                        out[j:j + cols, i:i + rows] = block.T
+                xi = pad_rows(x1[i:i + size1], size1)
+                columns = x1[:i + rows] if symmetric else x2
+                block = chunked_map(lambda xj: pair(xj, xi), columns,
+                                    chunk_size=min(size2, len(columns)))[:, :rows]
+                out[i:i + rows, :len(columns)] = block.T
+                if symmetric:
+                    out[:len(columns), i:i + rows] = block
         return _finite(out)
 
     return kernel
@@ -326,14 +323,12 @@ def analytic_batch_ntk_fn(net: Network, *, chunk_size: int = 64, get: str = "ntk
 
     def blocks(x_sets):
         x_sets = np.asarray(x_sets)
-        m, q = x_sets.shape[:2]
-        out = np.zeros((m, q, q), dtype)
+        if not len(x_sets):
+            return np.zeros((0, *x_sets.shape[1:2] * 2), dtype)
         with _x64(float64):
-            for start in range(0, m, chunk_size):
-                chunk = _as_input(x_sets[start:start + chunk_size], dtype)
-                real = len(chunk)
-                out[start:start + real] = np.asarray(within(pad_rows(chunk, chunk_size)))[:real]
-        return _finite(out)
+            out = chunked_map(lambda chunk: within(_as_input(chunk, dtype)), x_sets,
+                              chunk_size=chunk_size)
+        return _finite(np.asarray(out, dtype))
 
     return blocks
 
