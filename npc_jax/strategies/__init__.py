@@ -18,6 +18,8 @@ from npc_jax.strategies.coreset import Coreset
 from npc_jax.strategies.npc import NPC, KernelSearch, npc_variant
 from npc_jax.strategies.npc_search import NPCSearch
 from npc_jax.strategies.passive import Passive
+from npc_jax.strategies.probcover import ProbCover
+from npc_jax.strategies.typiclust import TypiClust
 from npc_jax.strategies.uncertainty import Entropy, LeastConfidence, Margin
 
 _REGISTRY: dict[str, Callable[..., Strategy]] = {}
@@ -70,7 +72,11 @@ def _npc_infinite(**options) -> Strategy:
 
 
 register("npc_infinite", _npc_infinite)
+# Low-budget peers on a pool embedding (issue 13).
+register("typiclust", TypiClust)
+register("probcover", ProbCover)
 
 __all__ = ["ALBL", "Acquisition", "AcquisitionContext", "Badge", "Coreset", "Entropy",
-           "KernelSearch", "LeastConfidence", "Margin", "NPC", "NPCSearch", "Passive", "Strategy",
+           "KernelSearch", "LeastConfidence", "Margin", "NPC", "NPCSearch", "Passive", "ProbCover",
+           "Strategy", "TypiClust",
            "available", "check_query", "make_strategy", "register"]

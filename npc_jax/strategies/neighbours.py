@@ -1,0 +1,200 @@
+"""Exact neighbourhoods over an embedding, in row blocks: never N×N in memory.
+
+- `knn_mean_distance(x, k)`: (n,) mean Euclidean distance of each row to its
+  k nearest other rows (TypiClust's typicality is its inverse).
+- `nearest_other_label_distance(x, labels)`: (N,) distance of each row to the
+  nearest row with a different label (ProbCover's purity for every δ at once).
+- `ball_counts(x, delta)`: (N,) number of rows within δ of each row.
+- `ball_graph(x, delta, max_edges)`: the δ-ball graph as CSR neighbour lists
+  (`BallGraph`), self loops included.
+
+Each processes `block_rows` rows against all n at a time, so the working
+memory is one (block_rows, n) block (≈ 64 MB of float32 by default) plus the
+output; the time is O(n² d), as exact neighbourhoods need. Squared distances
+use the expanded form ‖x‖² + ‖y‖² − 2 x·y in float32 on mean-centred rows,
+clipped at 0 (rounding ≈ 1e-7 of ‖x‖² + ‖y‖²; a row's distance to itself is
+set to 0).
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "BallGraph",
+    "ball_counts",
+    "ball_graph",
+    "block_rows_for",
+    "knn_mean_distance",
+    "nearest_other_label_distance",
+]
+
+# Floats per (rows, n) distance block: 16M (64 MB).
+BLOCK_FLOATS = 1 << 24
+
+
+def block_rows_for(n: int) -> int:
+    """Rows per (rows, n) block: a power of two with rows × n ≈ BLOCK_FLOATS."""
+    rows = max(16, min(8192, BLOCK_FLOATS // max(n, 1)))
+    return 1 << (rows.bit_length() - 1)
+
+
+def _bucket(n: int) -> int:
+    # Pads the column count to a multiple of 1024 (≥ 2 rows of slack) so that
+    # clusters of similar sizes share one compilation.
+    return -(-n // 1024) * 1024
+
+
+def _sq_block(block, block_start, x, x_sq):
+    """(rows, n) squared distances of a row block to all rows; exactly 0 to itself."""
+    rows = block.shape[0]
+    dist = jnp.maximum(jnp.sum(block ** 2, 1)[:, None] + x_sq[None, :] - 2.0 * (block @ x.T), 0.0)
+    self_col = block_start + jnp.arange(rows)
+    return jnp.where(jnp.arange(x.shape[0])[None, :] == self_col[:, None], 0.0, dist)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "rows"))
+def _knn_mean(x, n_valid, k, rows):
+    """(n_pad,) Σ of the k+1 smallest distances (self included) / k, by row blocks."""
+    n_pad = x.shape[0]
+    x_sq = jnp.sum(x ** 2, 1)
+    invalid = jnp.arange(n_pad) >= n_valid
+
+    def block_fn(start):
+        block = jax.lax.dynamic_slice_in_dim(x, start, rows)
+        dist = jnp.where(invalid[None, :], jnp.inf, _sq_block(block, start, x, x_sq))
+        smallest = -jax.lax.top_k(-dist, k + 1)[0]
+        return jnp.sum(jnp.sqrt(smallest), 1) / k
+
+    starts = jnp.arange(0, n_pad, rows)
+    return jax.lax.map(block_fn, starts).reshape(-1)
+
+
+def knn_mean_distance(x, k: int) -> np.ndarray:
+    """(n,) mean Euclidean distance of each row of `x` to its k nearest other rows.
+
+    As scikit-activeml's `_typicality`: the k + 1 nearest rows (the row itself
+    at distance 0 included) summed and divided by k, so a duplicate of a row
+    counts as a neighbour at distance 0.
+
+    Args:
+      x: (n, d) float32, n >= k + 1.
+      k: neighbours, >= 1.
+    """
+    x = _centred(x)
+    n = len(x)
+    if not 1 <= k <= n - 1:
+        raise ValueError(f"k={k} nearest neighbours need 1 <= k <= n - 1 = {n - 1}; lower k "
+                         "(the strategy's typicality_k) or use a larger pool.")
+    n_pad = _bucket(n)
+    rows = min(block_rows_for(n_pad), n_pad)
+    padded = np.zeros((n_pad, x.shape[1]), np.float32)
+    padded[:n] = x
+    return np.asarray(_knn_mean(jnp.asarray(padded), n, int(k), rows))[:n]
+
+
+def _centred(x) -> np.ndarray:
+    """x − mean(x) in float32: distances unchanged, the expanded form's rounding
+    (relative to ‖x‖² + ‖y‖²) much smaller for data far from the origin."""
+    x = np.asarray(x, np.float32)
+    return (x - x.mean(0, dtype=np.float64)).astype(np.float32)
+
+
+def _row_blocks(x: np.ndarray):
+    """(padded centred x on device, its squared norms, rows per block, block starts)."""
+    x = _centred(x)
+    n = len(x)
+    rows = min(block_rows_for(n), 1 << max(n - 1, 0).bit_length())
+    padded = np.zeros((-(-n // rows) * rows, x.shape[1]), np.float32)
+    padded[:n] = x
+    device = jnp.asarray(padded)
+    return device, jnp.sum(device ** 2, 1), rows, range(0, n, rows)
+
+
+@functools.partial(jax.jit, static_argnames=("rows", "n"))
+def _other_label_block(x, x_sq, labels, start, rows, n):
+    block = jax.lax.dynamic_slice_in_dim(x, start, rows)
+    block_labels = jax.lax.dynamic_slice_in_dim(labels, start, rows)
+    dist = _sq_block(block, start, x, x_sq)[:, :n]
+    other = block_labels[:, None] != labels[None, :n]
+    return jnp.sqrt(jnp.min(jnp.where(other, dist, jnp.inf), 1))
+
+
+def nearest_other_label_distance(x, labels) -> np.ndarray:
+    """(N,) Euclidean distance of each row to the nearest row of another label.
+
+    inf where every row shares the label. A row is δ-pure (its δ-ball holds
+    only its own label) iff this distance exceeds δ.
+
+    Args:
+      x: (N, d) float32.
+      labels: (N,) int (e.g. k-means cluster ids).
+    """
+    x = np.asarray(x, np.float32)
+    n = len(x)
+    device, sq, rows, starts = _row_blocks(x)
+    padded_labels = jnp.asarray(np.pad(np.asarray(labels, np.int32), (0, len(device) - n)))
+    out = [np.asarray(_other_label_block(device, sq, padded_labels, s, rows, n)) for s in starts]
+    return np.concatenate(out)[:n]
+
+
+@functools.partial(jax.jit, static_argnames=("rows", "n"))
+def _ball_block(x, x_sq, start, sq_delta, rows, n):
+    """(rows, n) bool: row block's δ-ball membership (distance <= δ)."""
+    block = jax.lax.dynamic_slice_in_dim(x, start, rows)
+    return _sq_block(block, start, x, x_sq)[:, :n] <= sq_delta
+
+
+@functools.partial(jax.jit, static_argnames=("rows", "n"))
+def _ball_count_block(x, x_sq, start, sq_delta, rows, n):
+    return jnp.sum(_ball_block(x, x_sq, start, sq_delta, rows, n), 1)
+
+
+def ball_counts(x, delta: float) -> np.ndarray:
+    """(N,) int64: rows within distance δ of each row (itself included)."""
+    x = np.asarray(x, np.float32)
+    n = len(x)
+    device, sq, rows, starts = _row_blocks(x)
+    out = [np.asarray(_ball_count_block(device, sq, s, float(delta) ** 2, rows, n))
+           for s in starts]
+    return np.concatenate(out)[:n].astype(np.int64)
+
+
+class BallGraph(NamedTuple):
+    """The δ-ball graph in CSR form: the neighbours of row i (itself included,
+    ascending) are ``indices[indptr[i]:indptr[i + 1]]``. Symmetric."""
+
+    indptr: np.ndarray    # (N + 1,) int64
+    indices: np.ndarray   # (E,) int32, E = Σ ball sizes <= max_edges
+
+
+def ball_graph(x, delta: float, *, max_edges: int) -> BallGraph:
+    """The δ-ball graph of the rows of `x` as neighbour lists.
+
+    Memory: 4 bytes per edge (E <= max_edges) plus one (block_rows, N) bool
+    block at a time.
+
+    Raises:
+      ValueError: the graph would hold more than `max_edges` edges (δ too
+        large for the pool); it is refused before that memory is spent.
+    """
+    x = np.asarray(x, np.float32)
+    n = len(x)
+    device, sq, rows, starts = _row_blocks(x)
+    counts, lists, total = [], [], 0
+    for start in starts:
+        mask = np.asarray(_ball_block(device, sq, start, float(delta) ** 2, rows, n))
+        mask = mask[:min(rows, n - start)]
+        total += int(mask.sum())
+        if total > max_edges:
+            raise ValueError(f"The δ-ball graph at delta={delta:g} has more than {max_edges} "
+                             f"edges (already {total} from {start + len(mask)} of {n} rows); "
+                             "lower delta or raise max_edges (4 bytes per edge).")
+        counts.append(mask.sum(1))
+        lists.append(np.nonzero(mask)[1].astype(np.int32))
+    indptr = np.concatenate([[0], np.cumsum(np.concatenate(counts))]).astype(np.int64)
+    return BallGraph(indptr, np.concatenate(lists))
