@@ -15,7 +15,9 @@ import-linter contracts in pyproject.toml):
 - `train`: `TrainConfig`, pure jitted steps, training loops.
 - `strategies`: acquisition strategies, by name (`make_strategy`).
 - `pretraining`: the cached self-supervised encoder of a run.
-- `records`: the run records (`results.jsonl`), one reader, one appender.
+- `storage`: the files of a run: JSON-lines logs (readers never write), atomic
+  writes, flax checkpoints, the workdir lock.
+- `records`: the typed round record of `results.jsonl` and its one reader.
 - `checkpoint`: the round-0 model(s) of a run.
 - `config`: a run's settings, parsed and validated once.
 - `labelling`: human in the loop (query CSV + contact sheet, label import).
@@ -33,7 +35,8 @@ from typing import TYPE_CHECKING
 
 # Submodules reachable as `npc_jax.<name>` without importing them explicitly.
 _SUBMODULES = ("data", "models", "inference", "ntk", "spectral", "infinite", "representation",
-               "ssl", "train", "strategies", "pretraining", "records", "checkpoint", "config",
+               "ssl", "train", "strategies", "pretraining", "storage", "records", "checkpoint",
+               "config",
                "labelling", "loop", "results", "report")
 
 # Re-exported names: name -> the submodule that defines it.
@@ -56,7 +59,7 @@ __all__ = sorted([*_SUBMODULES, *_EXPORTS])
 if TYPE_CHECKING:  # for type checkers and IDEs; never run
     from npc_jax import (checkpoint, config, data, inference, infinite, labelling, loop, models,
                          ntk, pretraining, records, report, representation, results, spectral,
-                         ssl, strategies, train)
+                         ssl, storage, strategies, train)
     from npc_jax.data import DataError, Dataset, Pool, load_dataset
     from npc_jax.config import RunSettings
     from npc_jax.models import Model, get_model

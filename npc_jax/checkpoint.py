@@ -15,7 +15,7 @@ from typing import Any
 import flax.serialization
 import numpy as np
 
-from npc_jax import records
+from npc_jax import storage
 from npc_jax.data import DataError
 
 __all__ = ["load_round0", "round0_stem", "save_round0"]
@@ -46,7 +46,7 @@ def load_round0(stem: Path, template: Any, labeled: np.ndarray,
     if (summary.get("labeled_indices") != np.asarray(labeled).tolist()
             or summary.get("dataset_fingerprint", fingerprint) != fingerprint):
         return None
-    variables = records.read_flax(weights, template, fix=(
+    variables = storage.read_flax(weights, template, fix=(
         f"delete it and {meta.name} to retrain the round-0 model."))
     return variables, summary
 
@@ -54,8 +54,8 @@ def load_round0(stem: Path, template: Any, labeled: np.ndarray,
 def save_round0(stem: Path, variables: Any, summary: dict) -> None:
     """Writes the variables, then the summary (the JSON marks the checkpoint complete)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    records.write_atomically(stem.with_suffix(".msgpack"), flax.serialization.to_bytes(variables))
-    records.write_atomically(stem.with_suffix(".json"), json.dumps(summary).encode())
+    storage.write_atomically(stem.with_suffix(".msgpack"), flax.serialization.to_bytes(variables))
+    storage.write_atomically(stem.with_suffix(".json"), json.dumps(summary).encode())
 
 
 def _read_meta(path: Path) -> dict:

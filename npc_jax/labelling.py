@@ -52,7 +52,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from npc_jax import records
+from npc_jax import storage
 from npc_jax.data import DataError, Dataset, load_dataset, validate_arrays
 
 __all__ = [
@@ -75,7 +75,7 @@ __all__ = [
     "sheet_layout",
 ]
 
-LABELS_FILE = records.HUMAN_LABELS_FILE
+LABELS_FILE = storage.HUMAN_LABELS_FILE
 QUERIES_DIR = "queries"
 PENDING_FILE = "pending.json"
 _LOCK_FILE = ".labelling.lock"
@@ -274,7 +274,7 @@ def load_for_labelling(name: str, *, data_dir=None) -> tuple[Dataset, tuple[str,
 
 def read_store(workdir: str | os.PathLike) -> list[dict]:
     """Every import so far, oldest first (a torn last line is dropped)."""
-    return records.read_jsonl(Path(workdir) / LABELS_FILE)
+    return storage.read_jsonl(Path(workdir) / LABELS_FILE)
 
 
 def read_pending(workdir: str | os.PathLike) -> dict | None:
@@ -525,7 +525,7 @@ def export_query(workdir: str | os.PathLike, request: LabelRequest, images: np.n
             lines = [["query", "rank", "id", "label"]] + [
                 [query, rank, index, ""] for rank, index in zip(ranks, indices)]
             text = _csv_text(lines)
-            records.write_atomically(csv_path, text.encode())
+            storage.write_atomically(csv_path, text.encode())
         title = (f"query {query}: {len(indices)} images, {request.what}; fill the label "
                  f"column of {csv_path.name}")
         sheet = contact_sheet(images[np.asarray(indices, np.int64)],
@@ -541,7 +541,7 @@ def export_query(workdir: str | os.PathLike, request: LabelRequest, images: np.n
                    "num_classes": int(num_classes),
                    "class_names": list(class_names) if class_names else None,
                    "csv": str(csv_path), "png": str(png_path)}
-        records.write_atomically(folder / PENDING_FILE, json.dumps(pending, indent=1).encode())
+        storage.write_atomically(folder / PENDING_FILE, json.dumps(pending, indent=1).encode())
     return Export(query, csv_path, png_path, tuple(indices), int(num_classes),
                   tuple(class_names) if class_names else None, request.what)
 
@@ -662,7 +662,7 @@ def import_labels(workdir: str | os.PathLike, csv_path: str | os.PathLike) -> di
         entry = _check_rows(path, rows, pending, labelled_before)
         entry["csv_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
         entry["imported_at"] = datetime.datetime.now().isoformat(timespec="seconds")
-        records.JsonlLog(workdir / LABELS_FILE).append(entry)
+        storage.JsonlLog(workdir / LABELS_FILE).append(entry)
     return entry
 
 

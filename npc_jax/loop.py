@@ -34,7 +34,7 @@ import numpy as np
 from absl import logging
 
 from npc_jax import (checkpoint, inference, labelling, records, representation, results,
-                     strategies, train)
+                     storage, strategies, train)
 from npc_jax.config import RunSettings, config_difference
 from npc_jax.data import DataError, Dataset, Pool, carve_validation, initial_pool, load_dataset
 from npc_jax.models import Model, get_model
@@ -302,7 +302,7 @@ def _log_record(record: records.RoundRecord) -> None:
 class _Ledger:
     """The records already in a workdir's log, checked against the run."""
 
-    def __init__(self, settings: RunSettings, log: records.JsonlLog, fingerprint: str):
+    def __init__(self, settings: RunSettings, log: storage.JsonlLog, fingerprint: str):
         self.settings, self.log = settings, log
         self.done: dict[tuple[str, int, int], records.RoundRecord] = {}
         for record in records.read_records([log.path], missing_ok=True):
@@ -341,7 +341,7 @@ class _Ledger:
         return pool, start
 
     def add(self, record: records.RoundRecord) -> None:
-        self.log.append(record)
+        self.log.append(record.to_json())
         self.done[(record.strategy, record.seed, record.round)] = record
 
     def missing_labels(self, labeller, name: str, seed: int, r: int,
@@ -431,8 +431,8 @@ def run(config, workdir: str | os.PathLike, *, progress: bool | None = None,
     settings = RunSettings.from_config(config, labels=labels)
     created = bool(str(workdir).strip()) and not Path(workdir).exists()
     try:
-        workdir = records.check_writable_dir(workdir)
-    except records.RecordsError:
+        workdir = storage.check_writable_dir(workdir)
+    except storage.RecordsError:
         # A finished run can still be read where it cannot be written (an
         # archive, a read-only mount): return its records, train nothing.
         if workdir and Path(workdir).is_dir() and _is_finished(settings, Path(workdir)):
@@ -441,13 +441,13 @@ def run(config, workdir: str | os.PathLike, *, progress: bool | None = None,
             return records.read_records([Path(workdir) / "results.jsonl"])
         raise
     try:
-        with records.WorkdirLock(workdir):
+        with storage.WorkdirLock(workdir):
             return _run_locked(settings, workdir, progress=progress,
                                on_record=on_record or _log_record)
     finally:
         # A run refused before it wrote anything leaves no empty workdir behind.
-        if created and {p.name for p in workdir.iterdir()} <= {records.LOCK_FILE}:
-            (workdir / records.LOCK_FILE).unlink(missing_ok=True)
+        if created and {p.name for p in workdir.iterdir()} <= {storage.LOCK_FILE}:
+            (workdir / storage.LOCK_FILE).unlink(missing_ok=True)
             workdir.rmdir()
 
 
@@ -491,7 +491,7 @@ def _run_locked(settings: RunSettings, workdir: Path, *, progress: bool | None,
             f"{settings.final_num_labels} labels, but the pool holds {dataset.num_train} samples "
             f"(config.validation_size = {settings.validation_size} of them held out); lower "
             "one of those fields.")
-    log = records.JsonlLog(workdir / "results.jsonl")
+    log = storage.JsonlLog(workdir / "results.jsonl")
     ledger = _Ledger(settings, log, dataset.fingerprint())
     # After the records are checked: a refused resume costs no pretraining.
     exp = prepare(settings, dataset, labeller,

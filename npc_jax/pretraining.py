@@ -29,7 +29,7 @@ import flax.serialization
 import jax
 import numpy as np
 
-from npc_jax import records
+from npc_jax import storage
 from npc_jax.data import DataError, Dataset
 from npc_jax.models import Model
 from npc_jax.ssl import pretrain as ssl_pretrain
@@ -99,7 +99,7 @@ def load_pretrained(path: str | os.PathLike, model: Model, dataset: Dataset) -> 
                         f"{'; '.join(differences)}. Pretrain for this dataset and model "
                         "(experiments/pretrain.py) or name the matching one.")
     template = jax.device_get(model.init(jax.random.PRNGKey(0)))
-    variables = records.read_flax(path / _WEIGHTS, template,
+    variables = storage.read_flax(path / _WEIGHTS, template,
                                   fix=f"delete {path} to pretrain again.")
     return PretrainResult(variables, path, meta, hit=True)
 
@@ -130,9 +130,9 @@ def pretrain(model: Model, config: ssl_pretrain.PretrainConfig, dataset: Dataset
         result = load_pretrained(path, model, dataset)
         log(f"pretraining cache hit: {path}")
         return result
-    records.check_writable_dir(path, what="the pretraining cache directory")
+    storage.check_writable_dir(path, what="the pretraining cache directory")
     log(f"pretraining cache miss: {path} (training {config.method}, {config.steps} steps)")
-    with records.WorkdirLock(path):
+    with storage.WorkdirLock(path):
         if (path / _META).exists():   # another process finished it meanwhile
             return load_pretrained(path, model, dataset)
         return _train(model, config, dataset, path, seed=seed, checkpoint_every=checkpoint_every,
@@ -144,13 +144,13 @@ def _train(model, config, dataset, path: Path, *, seed, checkpoint_every, chunk_
     """Trains (or resumes) into `path`; writes the weights, then meta.json last."""
     init_key, steps_key = jax.random.split(jax.random.PRNGKey(seed))
     if (path / _PROGRESS).exists():
-        state = records.read_flax(path / _PROGRESS, _template(model, config),
+        state = storage.read_flax(path / _PROGRESS, _template(model, config),
                                   fix=f"delete {path} to pretrain again.")
         state = jax.tree_util.tree_map(jax.numpy.asarray, state)
     else:
         state = ssl_pretrain.init_state(model, config, init_key)
     images = jax.device_put(dataset.x_train)
-    history = records.JsonlLog(path / _HISTORY)
+    history = storage.JsonlLog(path / _HISTORY)
     bar = None
     start_step = int(state.step)
     if progress:
@@ -181,18 +181,18 @@ def _train(model, config, dataset, path: Path, *, seed, checkpoint_every, chunk_
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", views_per_s=f"{throughput:.0f}")
         step = chunk_end
         if step % checkpoint_every == 0 and step < config.steps:
-            records.write_atomically(path / _PROGRESS,
+            storage.write_atomically(path / _PROGRESS,
                                      flax.serialization.to_bytes(jax.device_get(state)))
     if bar is not None:
         bar.close()
     variables = jax.device_get(state.encoder_variables)
-    records.write_atomically(path / _WEIGHTS, flax.serialization.to_bytes(variables))
+    storage.write_atomically(path / _WEIGHTS, flax.serialization.to_bytes(variables))
     meta = {"dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint(),
             "model": _model_identity(model), "config": dataclasses.asdict(config),
             "seed": int(seed), "steps": config.steps,
             "seconds_this_process": time.perf_counter() - started,
             "resumed_from_step": start_step}
-    records.write_atomically(path / _META, json.dumps(meta, indent=1).encode())
+    storage.write_atomically(path / _META, json.dumps(meta, indent=1).encode())
     (path / _PROGRESS).unlink(missing_ok=True)
     return PretrainResult(variables, path, meta, hit=False)
 
@@ -235,7 +235,7 @@ def run_from_config(config, cache_dir, *, progress: bool = False, evaluate: bool
     quality["pretraining"] = {"key": result.path.name, "method": recipe.method,
                               "steps": recipe.steps, "hit": result.hit,
                               "seconds": result.meta.get("seconds_this_process")}
-    records.write_atomically(result.path / "quality.json",
+    storage.write_atomically(result.path / "quality.json",
                              json.dumps(quality, indent=1).encode())
     return result, quality
 

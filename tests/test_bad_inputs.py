@@ -13,7 +13,7 @@ import pytest
 
 import toy_config
 from npc_jax import config as config_lib
-from npc_jax import labelling, loop, records, report
+from npc_jax import labelling, loop, report, storage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def _snapshot(workdir: Path) -> dict:
     if not workdir.exists():
         return {}
     return {p.relative_to(workdir).as_posix(): p.read_bytes() for p in sorted(workdir.rglob("*"))
-            if p.is_file() and p.name != records.LOCK_FILE}
+            if p.is_file() and p.name != storage.LOCK_FILE}
 
 
 def _count_trainings(monkeypatch):
@@ -239,7 +239,7 @@ def test_a_second_process_on_the_workdir_fails_at_once(copy, monkeypatch):
     dataset, run = copy
     trainings = _count_trainings(monkeypatch)
     (run / "results.jsonl").unlink()
-    with records.WorkdirLock(run):      # another process would hold it the same way
+    with storage.WorkdirLock(run):      # another process would hold it the same way
         _refuses(_config(dataset), run, r"is in use by pid \d+; wait for it to finish")
     assert trainings == [] and not (run / "results.jsonl").exists()
 

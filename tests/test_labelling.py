@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from npc_jax import labelling, loop, records, results
+from npc_jax import labelling, loop, records, results, storage
 from npc_jax.data import DataError
 
 import toy_config
@@ -207,7 +207,7 @@ def workdir(pending_workdir, tmp_path):
     shutil.copytree(pending_workdir, copy)
     pending = labelling.read_pending(copy)
     pending["csv"] = str(copy / "queries" / "query_000.csv")
-    records.write_atomically(copy / "queries" / "pending.json", json.dumps(pending).encode())
+    storage.write_atomically(copy / "queries" / "pending.json", json.dumps(pending).encode())
     return copy
 
 

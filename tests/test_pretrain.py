@@ -15,7 +15,7 @@ import pytest
 
 import toy_config
 from npc_jax import config as config_lib
-from npc_jax import pretraining, records
+from npc_jax import pretraining, storage
 from npc_jax.data import DataError, load_dataset
 from npc_jax.models import get_model
 from npc_jax.ssl import pretrain as ssl_pretrain
@@ -82,7 +82,7 @@ def test_the_loss_of_a_tiny_pretraining_falls(toy, tmp_path, method):
     config = dataclasses.replace(TINY, method=method)
     result = pretraining.pretrain(_tiny_model(), config, dataset, tmp_path, chunk_steps=10,
                                   log=lambda _: None)
-    history = records.read_jsonl(result.path / "history.jsonl")
+    history = storage.read_jsonl(result.path / "history.jsonl")
     assert [h["step"] for h in history] == list(range(10, 61, 10))
     assert history[-1]["loss"] < history[0]["loss"] - 0.03, history
     assert history[-1]["positive_similarity"] > history[0]["positive_similarity"]
@@ -100,7 +100,7 @@ def test_cache_hit_miss_and_the_stored_weights(toy, tmp_path):
                     jax.tree_util.tree_leaves(second.variables)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert sorted(p.name for p in first.path.iterdir()) == [
-        records.LOCK_FILE, "encoder.msgpack", "history.jsonl", "meta.json"]
+        storage.LOCK_FILE, "encoder.msgpack", "history.jsonl", "meta.json"]
 
 
 def test_the_cache_key_changes_with_each_field_that_matters_and_only_those(toy):
@@ -157,7 +157,7 @@ def test_an_unwritable_cache_is_refused_before_training(toy, tmp_path, monkeypat
         raise OSError(errno.EROFS, "Read-only file system", str(self))
 
     monkeypatch.setattr(pathlib.Path, "write_bytes", refuse)
-    with pytest.raises(records.RecordsError, match=r"pretraining cache directory .* not "
+    with pytest.raises(storage.RecordsError, match=r"pretraining cache directory .* not "
                                                    r"writable"):
         pretraining.pretrain(_tiny_model(), TINY, dataset, tmp_path, log=lambda _: None)
 

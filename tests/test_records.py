@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from npc_jax import records
+from npc_jax import records, storage
 
 
 def _write(path, text):
@@ -22,9 +22,9 @@ def test_a_complete_last_line_without_newline_is_read_and_kept(tmp_path):
     # An editor that saves without a final newline.
     path = _write(tmp_path / "log.jsonl", '{"a": 1}\n{"a": 2}')
     before = path.read_bytes()
-    assert records.read_jsonl(path) == [{"a": 1}, {"a": 2}]
+    assert storage.read_jsonl(path) == [{"a": 1}, {"a": 2}]
     assert path.read_bytes() == before                     # reading never writes
-    log = records.JsonlLog(path)
+    log = storage.JsonlLog(path)
     log.append({"a": 3})
     assert [r["a"] for r in log.read()] == [1, 2, 3]
     assert path.read_bytes() == b'{"a": 1}\n{"a": 2}\n{"a": 3}\n'
@@ -33,45 +33,45 @@ def test_a_complete_last_line_without_newline_is_read_and_kept(tmp_path):
 def test_a_torn_last_line_is_skipped_on_read_and_cut_on_append(tmp_path):
     path = _write(tmp_path / "log.jsonl", '{"a": 1}\n{"a": 2}\n{"a": 3, "tru')
     before = path.read_bytes()
-    assert records.read_jsonl(path) == [{"a": 1}, {"a": 2}]
+    assert storage.read_jsonl(path) == [{"a": 1}, {"a": 2}]
     assert path.read_bytes() == before
-    log = records.JsonlLog(path)
+    log = storage.JsonlLog(path)
     log.append({"a": 4})
     assert path.read_bytes() == b'{"a": 1}\n{"a": 2}\n{"a": 4}\n'
 
 
 def test_a_damaged_line_before_the_last_names_file_and_line(tmp_path):
     path = _write(tmp_path / "log.jsonl", '{"a": 1}\ngarbage\n{"a": 2}\n')
-    with pytest.raises(records.RecordsError, match=r"log.jsonl:2 is not a JSON object"):
-        records.read_jsonl(path)
+    with pytest.raises(storage.RecordsError, match=r"log.jsonl:2 is not a JSON object"):
+        storage.read_jsonl(path)
     assert path.read_bytes() == b'{"a": 1}\ngarbage\n{"a": 2}\n'
 
 
 def test_missing_and_empty_files_read_as_empty(tmp_path):
-    assert records.read_jsonl(tmp_path / "none.jsonl") == []
-    assert records.read_jsonl(_write(tmp_path / "empty.jsonl", "")) == []
-    log = records.JsonlLog(tmp_path / "sub" / "new.jsonl")
+    assert storage.read_jsonl(tmp_path / "none.jsonl") == []
+    assert storage.read_jsonl(_write(tmp_path / "empty.jsonl", "")) == []
+    log = storage.JsonlLog(tmp_path / "sub" / "new.jsonl")
     log.append({"x": 1})
     assert log.read() == [{"x": 1}]
 
 
 def test_write_atomically_replaces_whole_files(tmp_path):
     path = tmp_path / "f.json"
-    records.write_atomically(path, b"one")
-    records.write_atomically(path, b"two")
+    storage.write_atomically(path, b"one")
+    storage.write_atomically(path, b"two")
     assert path.read_bytes() == b"two" and sorted(os.listdir(tmp_path)) == ["f.json"]
 
 
 @pytest.mark.parametrize("value, match", [("", "is empty"), ("   ", "is empty")])
 def test_check_writable_dir_refuses_an_empty_path(value, match):
-    with pytest.raises(records.RecordsError, match=match):
-        records.check_writable_dir(value)
+    with pytest.raises(storage.RecordsError, match=match):
+        storage.check_writable_dir(value)
 
 
 def test_check_writable_dir_refuses_a_file_and_a_read_only_dir(tmp_path):
     file = _write(tmp_path / "file", "x")
-    with pytest.raises(records.RecordsError, match="is a file, not a directory"):
-        records.check_writable_dir(file)
+    with pytest.raises(storage.RecordsError, match="is a file, not a directory"):
+        storage.check_writable_dir(file)
 
 
 def _read_only(monkeypatch):
@@ -87,12 +87,12 @@ def _read_only(monkeypatch):
 
 def test_check_writable_dir_refuses_a_read_only_dir(tmp_path, monkeypatch):
     _read_only(monkeypatch)
-    with pytest.raises(records.RecordsError, match="not writable .Read-only file system"):
-        records.check_writable_dir(tmp_path)
+    with pytest.raises(storage.RecordsError, match="not writable .Read-only file system"):
+        storage.check_writable_dir(tmp_path)
 
 
 def _hold_lock(workdir, ready, release):
-    with records.WorkdirLock(workdir):
+    with storage.WorkdirLock(workdir):
         ready.set()
         release.wait(30)
 
@@ -104,13 +104,13 @@ def test_a_second_process_on_a_locked_workdir_fails_at_once(tmp_path):
     holder.start()
     try:
         assert ready.wait(60)
-        with pytest.raises(records.WorkdirBusy, match=f"in use by pid {holder.pid}"):
-            with records.WorkdirLock(tmp_path):
+        with pytest.raises(storage.WorkdirBusy, match=f"in use by pid {holder.pid}"):
+            with storage.WorkdirLock(tmp_path):
                 pass
     finally:
         release.set()
         holder.join(30)
-    with records.WorkdirLock(tmp_path):   # free again once the holder is gone
+    with storage.WorkdirLock(tmp_path):   # free again once the holder is gone
         pass
 
 
@@ -122,7 +122,7 @@ def test_the_lock_is_released_when_its_holder_is_killed(tmp_path):
     assert ready.wait(60)
     holder.kill()
     holder.join(30)
-    with records.WorkdirLock(tmp_path):
+    with storage.WorkdirLock(tmp_path):
         pass
 
 
@@ -214,7 +214,7 @@ def test_objectives_are_typed_or_kept_as_a_frozen_dict():
     assert "random_batches" not in search.to_json()        # written only when recorded
     other = records.parse_objective({"lambda_min": 0.5})   # no known objective's key set
     assert isinstance(other, records.FrozenDict) and other == {"lambda_min": 0.5}
-    with pytest.raises(records.RecordsError, match=r"NPCObjective.lambda_min must be a number"):
+    with pytest.raises(storage.RecordsError, match=r"NPCObjective.lambda_min must be a number"):
         records.parse_objective({**_loop_dict()["objective"], "lambda_min": "high"})
 
 
@@ -233,14 +233,14 @@ def test_a_version_0_record_migrates_with_defaults():
     assert record.strategy_options == {}
     assert record.to_json() == {**old, **records.V0_DEFAULTS, "schema_version": 1}
     # A version-1 record must carry them.
-    with pytest.raises(records.RecordsError, match="missing fields dataset_fingerprint, "):
+    with pytest.raises(storage.RecordsError, match="missing fields dataset_fingerprint, "):
         records.RoundRecord.from_json({**old, "schema_version": 1})
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_committed_record_loads_and_keeps_its_values(path):
     before = path.read_bytes()
-    raw = records.read_jsonl(path)
+    raw = storage.read_jsonl(path)
     loaded = records.read_records([path])
     assert len(loaded) == len(raw) > 0
     for line, record in zip(raw, loaded):
@@ -260,7 +260,7 @@ def test_a_misspelt_field_is_refused_naming_it():
     today = _loop_dict()
     misspelt = {**{k: v for k, v in today.items() if k != "test_accuracy"},
                 "test_acuracy": today["test_accuracy"]}
-    with pytest.raises(records.RecordsError, match=(
+    with pytest.raises(storage.RecordsError, match=(
             r"RoundRecord is not a RoundRecord: unknown field 'test_acuracy' \(did you mean "
             r"'test_accuracy'\?\); missing field test_accuracy\.")):
         records.RoundRecord.from_json(misspelt)
@@ -279,7 +279,7 @@ def test_a_misspelt_field_is_refused_naming_it():
      r"RoundRecord.pretraining is not a Pretraining: missing field seed"),
 ])
 def test_bad_values_are_refused_with_the_field_named(change, match):
-    with pytest.raises(records.RecordsError, match=match):
+    with pytest.raises(storage.RecordsError, match=match):
         records.RoundRecord.from_json(_loop_dict(**change))
 
 
@@ -304,8 +304,8 @@ def test_records_are_frozen():
 
 def test_the_appender_writes_to_json_and_the_reader_gives_it_back(tmp_path):
     record = records.RoundRecord.from_json(_human())
-    log = records.JsonlLog(tmp_path / "results.jsonl")
-    log.append(record)
+    log = storage.JsonlLog(tmp_path / "results.jsonl")
+    log.append(record.to_json())
     line = (tmp_path / "results.jsonl").read_text()
     assert line == json.dumps(record.to_json(), sort_keys=True) + "\n"
     assert records.read_records([tmp_path]) == [record]
@@ -322,7 +322,7 @@ def test_the_reader_never_modifies_a_file_and_skips_a_torn_tail(tmp_path):
     run = _write_records(tmp_path / "run" / "results.jsonl", lines[:2], tail='{"mode": "as')
     other = _write_records(tmp_path / "other.jsonl", lines[2:])
     other.write_bytes(other.read_bytes().rstrip(b"\n"))    # a complete last line, no newline
-    (tmp_path / "run" / records.HUMAN_LABELS_FILE).write_text('{"index": 1, "label": 0}\n')
+    (tmp_path / "run" / storage.HUMAN_LABELS_FILE).write_text('{"index": 1, "label": 0}\n')
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (run, other)}
     loaded = records.read_records([tmp_path / "run", other, run])   # the same file twice
     assert [r.round for r in loaded] == [0, 1, 2]
@@ -330,22 +330,22 @@ def test_the_reader_never_modifies_a_file_and_skips_a_torn_tail(tmp_path):
 
 
 def test_the_reader_refuses_bad_paths_and_duplicates(tmp_path):
-    with pytest.raises(records.RecordsError, match="does not exist"):
+    with pytest.raises(storage.RecordsError, match="does not exist"):
         records.read_records([tmp_path / "missing"])
     assert records.read_records([tmp_path / "missing"], missing_ok=True) == []
     (tmp_path / "empty").mkdir()
-    with pytest.raises(records.RecordsError, match="No records found"):
+    with pytest.raises(storage.RecordsError, match="No records found"):
         records.read_records([tmp_path / "empty"])
     (tmp_path / "notes.txt").write_text("hello\n")
-    with pytest.raises(records.RecordsError, match="Unknown file"):
+    with pytest.raises(storage.RecordsError, match="Unknown file"):
         records.read_records([tmp_path / "notes.txt"])
     _write_records(tmp_path / "a" / "results.jsonl", [_loop_dict()])
     _write_records(tmp_path / "b" / "results.jsonl", [_loop_dict(), _loop_dict(seed=1)])
-    with pytest.raises(records.RecordsError, match=(
+    with pytest.raises(storage.RecordsError, match=(
             r"\('assl', 'npc', 0, 1\) is recorded at .*a/results.jsonl:1 and at "
             r".*b/results.jsonl:1")):
         records.read_records([tmp_path / "a", tmp_path / "b"])
     _write_records(tmp_path / "c.jsonl", [_loop_dict(), {**_loop_dict(seed=2), "sead": 1}])
-    with pytest.raises(records.RecordsError, match=r"c.jsonl:2 is not a RoundRecord: unknown "
+    with pytest.raises(storage.RecordsError, match=r"c.jsonl:2 is not a RoundRecord: unknown "
                                                    r"field 'sead' \(did you mean 'seed'\?\)"):
         records.read_records([tmp_path / "c.jsonl"])

@@ -1,6 +1,6 @@
 import pytest
 
-from npc_jax import records, results
+from npc_jax import records, results, storage
 
 
 def _record(strategy, seed, n, acc, mode="assl"):
@@ -33,6 +33,6 @@ def test_json_dicts_are_read_as_records():
     typed = [_record("passive", 0, 10, 0.5), _record("passive", 0, 30, 0.8)]
     assert results.as_records([r.to_json() for r in typed]) == typed
     assert results.format_table([r.to_json() for r in typed]) == results.format_table(typed)
-    with pytest.raises(records.RecordsError, match=r"record 0 is not a RoundRecord: unknown "
+    with pytest.raises(storage.RecordsError, match=r"record 0 is not a RoundRecord: unknown "
                                                    r"field 'acuracy' \(did you mean"):
         results.format_table([{**typed[0].to_json(), "acuracy": 0.5}])

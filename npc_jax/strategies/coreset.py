@@ -31,7 +31,7 @@ import numpy as np
 
 from npc_jax.data import Pool
 from npc_jax.strategies.base import Acquisition, AcquisitionContext, check_query
-from npc_jax.inference import check_finite, numpy_rng
+from npc_jax.inference import check_finite, numpy_rng, pad_rows
 from npc_jax.strategies.pool_outputs import DEFAULT_CHUNK, map_pool
 
 __all__ = [
@@ -47,12 +47,12 @@ COPY_TOLERANCE = 1e-5
 
 
 def _padded_centers(centers: np.ndarray) -> np.ndarray:
-    """Pads (L, D) centers to a power-of-two count with copies of center 0.
+    """Pads (L, D) centers to a power-of-two count with copies of the last one.
 
     Copies leave every minimum distance unchanged, and the bucketed count
     bounds the number of compilations as the labeled set grows."""
     size = 1 << max(int(len(centers)) - 1, 0).bit_length()
-    return np.concatenate([centers, np.repeat(centers[:1], size - len(centers), 0)])
+    return pad_rows(centers, size)
 
 
 def _block_rows(num_centers: int) -> int:
