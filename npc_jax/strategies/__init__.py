@@ -15,7 +15,8 @@ from npc_jax.strategies.albl import ALBL
 from npc_jax.strategies.badge import Badge
 from npc_jax.strategies.base import Acquisition, AcquisitionContext, Strategy, check_query
 from npc_jax.strategies.coreset import Coreset
-from npc_jax.strategies.npc import NPC, KernelSearch, npc_variant
+from npc_jax.strategies.maxherding import MaxHerding
+from npc_jax.strategies.npc import NPC, KernelSearch, NPCEmbed, npc_variant
 from npc_jax.strategies.npc_search import NPCSearch
 from npc_jax.strategies.passive import Passive
 from npc_jax.strategies.probcover import ProbCover
@@ -75,8 +76,11 @@ register("npc_infinite", _npc_infinite)
 # Low-budget peers on a pool embedding (issue 13).
 register("typiclust", TypiClust)
 register("probcover", ProbCover)
+register("maxherding", MaxHerding)
+# NPC's rule on the peers' embedding (cosine kernel): the two compared on one representation.
+register("npc_embed", NPCEmbed)
 
 __all__ = ["ALBL", "Acquisition", "AcquisitionContext", "Badge", "Coreset", "Entropy",
-           "KernelSearch", "LeastConfidence", "Margin", "NPC", "NPCSearch", "Passive", "ProbCover",
-           "Strategy", "TypiClust",
+           "KernelSearch", "LeastConfidence", "Margin", "MaxHerding", "NPC", "NPCEmbed",
+           "NPCSearch", "Passive", "ProbCover", "Strategy", "TypiClust",
            "available", "check_query", "make_strategy", "register"]

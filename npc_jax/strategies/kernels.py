@@ -24,8 +24,10 @@ Implementations, for C classes and D penultimate features:
 * `infinite_kernel`: the analytic NTK of an architecture (`npc_jax.infinite`,
   neural-tangents imported on first use only); rep = (images (n, H, W, C),
   content ids (n,), K(x, x) (n,)).
-* `embedding_kernel`: rep = (ĥ (n, D),), ĥ = h / |h|: K = ĥ·ĥ', the cosine
-  similarity of penultimate features (TypiClust / ProbCover / MaxHerding).
+* `embedding_kernel`: rep = (ẑ (n, d),), ẑ = z / |z|: K = ẑ·ẑ', the cosine
+  similarity of the pool embedding the low-budget peers (TypiClust, ProbCover,
+  MaxHerding) work on (`embedding.pool_embedding`: pretrained encoder,
+  penultimate features or a user's embed_fn).
 * `feature_kernel`: rep = (table[indices] (n, F),), K = φ·φ' of a fixed table
   of features (precomputed embeddings; tests inject kernels with it).
 
@@ -48,6 +50,7 @@ from npc_jax import ntk, spectral
 from npc_jax.data import images_to_float
 from npc_jax.inference import check_finite, chunked_map
 from npc_jax.strategies.base import AcquisitionContext
+from npc_jax.strategies.embedding import pool_embedding
 
 __all__ = ["KERNELS", "Kernel", "check_options", "dot_gram", "embedding_kernel",
            "empirical_kernel", "feature_kernel", "full_kernel", "gram_kernel", "infinite_kernel",
@@ -266,18 +269,26 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def embedding_kernel(ctx: AcquisitionContext, *, float64: bool = False) -> Kernel:
-    """K(x, x') = ĥ·ĥ', ĥ = h / |h| the unit-normalised penultimate features of ctx's model.
+def embedding_kernel(ctx: AcquisitionContext, source: str = "auto",
+                     embed_fn: Callable | None = None, *, float64: bool = False) -> Kernel:
+    """K(x, x') = ẑ·ẑ', ẑ = z / |z| the unit-normalised pool embedding of the peers.
 
-    The representation (ĥ (n, D),) is the embedding the low-budget strategies
-    cluster and cover; K is its cosine similarity, in [-1, 1], 1 on the diagonal.
+    z is `embedding.pool_embedding(ctx, source, embed_fn)`: the run's
+    pretrained encoder, the current model's penultimate features or a user's
+    `embed_fn` (see there), computed for the whole pool (N, d) on the first
+    `represent` and kept for the kernel's lifetime. The representation is
+    (ẑ (n, d),); K is the cosine similarity, in [-1, 1], 1 on the diagonal.
+    Its rank is at most d: a Gram over more than d points is singular.
     """
+    table = []   # [ẑ (N, d)], filled on first use: one pass over the pool per kernel
+
     def represent(indices):
-        _, features = ctx.logits_and_features(indices)
-        return (unit_rows(features),)
+        if not table:
+            table.append(unit_rows(pool_embedding(ctx, source, embed_fn)))
+        return (table[0][np.asarray(indices, np.int64)],)
 
     return gram_kernel(represent, dot_gram, float64=float64,
-                       what="features (the model's penultimate layer)")
+                       what=f"embedding ({'embed_fn' if embed_fn else source})")
 
 
 # -- combinators ---------------------------------------------------------------------------

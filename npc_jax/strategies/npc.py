@@ -12,7 +12,9 @@ with it (`npc_jax.strategies.search`); the registry composes:
   kernel="full" or normalize=True;
 * ``npc_search`` (`npc_search.NPCSearch`): swap search × the last-layer kernel;
 * ``npc_infinite`` (`npc_infinite.NPCInfinite`): random search × the analytic
-  infinite-width NTK of an architecture.
+  infinite-width NTK of an architecture;
+* ``npc_embed`` (`NPCEmbed`): random search × the cosine kernel of the pool
+  embedding the low-budget peers use (`kernels.embedding_kernel`).
 
 Every strategy here has ``score(ctx, pool, batches) -> (m,) λ_min`` and
 ``select(key, ctx, pool, q)``; the objective records the search's result
@@ -29,12 +31,12 @@ import numpy as np
 
 from npc_jax.data import Pool
 from npc_jax.strategies import kernels
-from npc_jax.strategies.base import Acquisition, AcquisitionContext
+from npc_jax.strategies.base import EMBEDDING_SOURCES, Acquisition, AcquisitionContext
 from npc_jax.strategies.kernels import KERNELS, Kernel
 from npc_jax.strategies.search import (SearchResult, candidate_batches, check_num_candidates,
                                        random_search, sample_batches, score_batches)
 
-__all__ = ["KERNELS", "KernelSearch", "NPC", "candidate_batches", "npc_variant",
+__all__ = ["KERNELS", "KernelSearch", "NPC", "NPCEmbed", "candidate_batches", "npc_variant",
            "sample_batches"]
 
 
@@ -116,6 +118,52 @@ class NPC(KernelSearch):
                          functools.partial(random_search, num_candidates=num_candidates,
                                            chunk_size=int(chunk_size)),
                          {"kernel": kernel, "output": output, "normalize": bool(normalize)},
+                         chunk_size=chunk_size, kernel_fn=kernel_fn)
+
+
+class NPCEmbed(KernelSearch):
+    """NPC's rule on the low-budget peers' embedding: random search × the cosine kernel.
+
+    The kernel is `kernels.embedding_kernel`: K = ẑ·ẑ' on the unit-normalised
+    pool embedding that TypiClust, ProbCover and MaxHerding use
+    (`embedding.pool_embedding`), so NPC's selection rule (Eq. 3, Algorithm 1)
+    and the peers' are compared on one representation. The Gram over
+    L + q points has rank ≤ d (the embedding's width): with L + q > d every
+    batch scores 0 and the first random batch is returned.
+
+    Args:
+      num_candidates: m, the random batches scored (paper: 1000), or "pool".
+      embedding: "auto", "pretrained" or "features" (`pool_embedding`); recorded.
+      embed_fn: optional callable images (n, H, W, C) -> (n, d) (Python only);
+        overrides `embedding` (recorded as "embed_fn").
+      chunk_size: candidate batches per scoring call.
+      float64: Grams and eigenproblems in float64 (as NPC's last-layer kernel:
+        clustered embeddings give ill-conditioned Grams).
+      kernel_fn: inject a kernel, see `KernelSearch`.
+    """
+
+    name = "npc_embed"
+
+    def __init__(self, num_candidates: int | str = 1000, embedding: str = "auto",
+                 embed_fn: Callable | None = None, chunk_size: int = 128,
+                 float64: bool = True,
+                 kernel_fn: Callable[[AcquisitionContext], Kernel] | None = None):
+        check_num_candidates(num_candidates)
+        if embed_fn is None and embedding not in EMBEDDING_SOURCES:
+            raise ValueError(f"npc_embed: embedding must be one of {EMBEDDING_SOURCES}, got "
+                             f"{embedding!r} (config field strategy_options.npc_embed.embedding).")
+        if embed_fn is not None and not callable(embed_fn):
+            raise ValueError(f"npc_embed: embed_fn must be a callable images -> (n, d), got "
+                             f"{embed_fn!r}.")
+        self.num_candidates, self.embedding, self.embed_fn = num_candidates, embedding, embed_fn
+        make_kernel = functools.partial(kernels.embedding_kernel, source=embedding,
+                                        embed_fn=embed_fn, float64=bool(float64))
+        super().__init__(make_kernel,
+                         functools.partial(random_search, num_candidates=num_candidates,
+                                           chunk_size=int(chunk_size)),
+                         {"kernel": "embedding",
+                          "embedding": "embed_fn" if embed_fn else embedding,
+                          "normalize": True},
                          chunk_size=chunk_size, kernel_fn=kernel_fn)
 
 
