@@ -1,0 +1,189 @@
+"""P7: the low-budget strategies against scikit-activeml 1.0.1, time and peak memory.
+
+    .venv/bin/python experiments/bench_low_budget.py                  # 60k vs the peer
+    .venv/bin/python experiments/bench_low_budget.py --sizes=1000000 --peer=false
+
+One acquisition (Q = `--q`, |L| = `--labeled` uniformly drawn labels) per
+(strategy, implementation, pool size), each in a fresh subprocess, on a
+synthetic embedding: 10 Gaussian blobs in an 8-d latent space (unit spread,
+centres ~ N(0, 2²)), mapped to `--dim` dimensions by a fixed random linear map
+plus N(0, 0.05²) noise (a low intrinsic dimension, as learned embeddings
+have). Reports the wall time of the selection call (our first call includes
+JAX compilation; generating the embedding is excluded) and the process's
+peak RSS (VmHWM, polled from /proc, so it is known for a run that is killed
+too; it includes the embedding itself and the imported libraries). The peer
+runs under a `--peer_timeout` limit (10 min) and an address-space cap of
+`--peer_memory_gb` (a MemoryError instead of the machine's OOM killer): a row
+says when it did not finish and why.
+
+Both sides get the same embedding (the peer's ProbCover the unit-normalised
+one, as ours normalises internally), C = 10 clusters for ProbCover's purity
+rule over the same δ grid, TypiClust's k = 20.
+
+STRATEGIES maps a name to (ours, the peer) factories; add a strategy there.
+
+Measured 2026-12 on the 2-core AMD EPYC, 23 GiB machine, shared (load
+average ≈ 8 during the runs), N = 60k, d = 128, Q = 20, |L| = 10:
+  typiclust   ours 6.6 s, peak 397 MB   scikit-activeml 14.7 s, peak 319 MB
+  probcover   ours 110 s, peak 537 MB   scikit-activeml: MemoryError at once
+              (its 60k × 60k float32 distance matrix alone is 13.4 GiB, over
+              the 12 GiB cap; on this 23 GiB machine it cannot run either)
+N = 1M (ours only): typiclust 305 s, peak 2.8 GB. probcover is O(N² d) by
+construction (exact ball graph): ≈ 280× the 60k time, hours here; not run.
+Our peak RSS includes JAX's runtime (≈ 250 MB after import).
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("sizes", ["60000"], "Pool sizes N.")
+flags.DEFINE_list("strategies", ["typiclust", "probcover"], "Keys of STRATEGIES.")
+flags.DEFINE_integer("dim", 128, "Embedding dimension.")
+flags.DEFINE_integer("q", 20, "Query size Q.")
+flags.DEFINE_integer("labeled", 10, "Labeled points |L| (drawn uniformly).")
+flags.DEFINE_boolean("peer", True, "Also run scikit-activeml.")
+flags.DEFINE_integer("peer_timeout", 600, "Seconds before a peer run is killed.")
+flags.DEFINE_float("peer_memory_gb", 12.0, "Address-space cap of a peer run (GiB).")
+flags.DEFINE_integer("timeout", 3600, "Seconds before one of our runs is killed.")
+flags.DEFINE_string("out", "", "Optional JSON file for the rows.")
+flags.DEFINE_string("worker", "", "Internal: 'strategy:impl:N' runs one job here.")
+
+NUM_CLASSES = 10
+
+
+def synthetic_embedding(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """(n, dim) float32 blobs of low intrinsic dimension (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    centres = 2.0 * rng.normal(size=(NUM_CLASSES, 8))
+    lift = rng.normal(size=(8, dim)) / np.sqrt(8)
+    out = np.empty((n, dim), np.float32)
+    for start in range(0, n, 100_000):   # chunks: no float64 (n, dim) temporary
+        m = min(100_000, n - start)
+        latent = centres[rng.integers(0, NUM_CLASSES, m)] + rng.normal(size=(m, 8))
+        out[start:start + m] = latent @ lift + 0.05 * rng.normal(size=(m, dim))
+    return out
+
+
+def _ours(name, **options):
+    def run(z, labeled, q):
+        import jax
+        from npc_jax.data import Pool
+        from npc_jax.strategies import AcquisitionContext, make_strategy
+        ctx = AcquisitionContext(model=None, variables=None,
+                                 images=np.zeros((len(z), 1, 1, 1), np.uint8),
+                                 labels=np.zeros(len(z), np.int64), embedding=z)
+        strategy = make_strategy(name, **options)
+        got = strategy.select(jax.random.key(0), ctx, Pool(len(z), tuple(labeled)), q)
+        return got.indices, got.objective
+    return run
+
+
+def _peer(class_name, normalise=False, **options):
+    def run(z, labeled, q):
+        from skactiveml import pool
+        x = z / np.linalg.norm(z, axis=1, keepdims=True) if normalise else z
+        y = np.full(len(z), np.nan)
+        y[labeled] = 0
+        picks = getattr(pool, class_name)(random_state=0, **options).query(x, y, batch_size=q)
+        return np.asarray(picks), None
+    return run
+
+
+def _deltas():
+    from npc_jax.strategies.probcover import DEFAULT_DELTAS
+    return DEFAULT_DELTAS
+
+
+STRATEGIES = {
+    "typiclust": (lambda: _ours("typiclust"), lambda: _peer("TypiClust", k=20)),
+    "probcover": (lambda: _ours("probcover", num_clusters=NUM_CLASSES),
+                  lambda: _peer("ProbCover", normalise=True, n_classes=NUM_CLASSES,
+                                deltas=_deltas())),
+}
+
+
+def worker(spec: str) -> None:
+    """Runs one job in this process; prints one JSON line."""
+    name, impl, n = spec.split(":")
+    z = synthetic_embedding(int(n), FLAGS.dim)
+    labeled = np.random.default_rng(1).choice(len(z), FLAGS.labeled, replace=False)
+    run = STRATEGIES[name][0 if impl == "ours" else 1]()
+    start = time.perf_counter()
+    picks, objective = run(z, labeled, FLAGS.q)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "picks": np.asarray(picks).tolist(),
+                      "objective": objective,
+                      "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def _vm_hwm_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _cap_memory(gigabytes: float):
+    limit = int(gigabytes * (1 << 30))
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def run_job(name: str, impl: str, n: int) -> dict:
+    """One job in a subprocess: wall time, peak RSS, and how it ended."""
+    argv = [sys.executable, os.path.abspath(__file__), f"--worker={name}:{impl}:{n}",
+            f"--dim={FLAGS.dim}", f"--q={FLAGS.q}", f"--labeled={FLAGS.labeled}"]
+    peer = impl == "skactiveml"
+    timeout = FLAGS.peer_timeout if peer else FLAGS.timeout
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_cap_memory(FLAGS.peer_memory_gb) if peer else None)
+    start, peak = time.monotonic(), 0.0
+    while proc.poll() is None and time.monotonic() - start < timeout:
+        peak = max(peak, _vm_hwm_mb(proc.pid) or 0.0)
+        time.sleep(0.2)
+    row = {"strategy": name, "impl": impl, "n": n, "peak_rss_mb": round(peak)}
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+        return {**row, "status": f"did not finish in {timeout} s"}
+    out, err = proc.communicate()
+    if proc.returncode:
+        last = (err.strip().splitlines() or ["?"])[-1]
+        return {**row, "status": f"failed (exit {proc.returncode}): {last[:200]}"}
+    result = json.loads(out.strip().splitlines()[-1])
+    peak = max(peak, result["ru_maxrss_mb"])
+    return {**row, "peak_rss_mb": round(peak), "seconds": round(result["seconds"], 2),
+            "status": "ok", "picks": result["picks"], "objective": result["objective"]}
+
+
+def main(argv):
+    del argv
+    if FLAGS.worker:
+        return worker(FLAGS.worker)
+    rows = []
+    for n in map(int, FLAGS.sizes):
+        for name in FLAGS.strategies:
+            for impl in ["ours"] + (["skactiveml"] if FLAGS.peer else []):
+                row = run_job(name, impl, n)
+                rows.append(row)
+                print(f"{name:10s} {impl:10s} N={n:>8d}  {row.get('seconds', '-'):>8} s  "
+                      f"peak {row['peak_rss_mb']:>6d} MB  {row['status']}", flush=True)
+    if FLAGS.out:
+        with open(FLAGS.out, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)
