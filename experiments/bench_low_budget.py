@@ -11,7 +11,10 @@ plus N(0, 0.05²) noise (a low intrinsic dimension, as learned embeddings
 have). Reports the wall time of the selection call (our first call includes
 JAX compilation; generating the embedding is excluded) and the process's
 peak RSS (VmHWM, polled from /proc, so it is known for a run that is killed
-too; it includes the embedding itself and the imported libraries). The peer
+too; it includes the embedding itself and the imported libraries); and, per
+implementation and N, the peak RSS of the same process stopped before the
+selection call (libraries imported, JAX's CPU runtime started, embedding
+built): the "idle" baseline, so that peak − idle is the selection's own. The peer
 runs under a `--peer_timeout` limit (10 min) and an address-space cap of
 `--peer_memory_gb` (a MemoryError instead of the machine's OOM killer): a row
 says when it did not finish and why.
@@ -108,6 +111,9 @@ STRATEGIES = {
     "probcover": (lambda: _ours("probcover", num_clusters=NUM_CLASSES),
                   lambda: _peer("ProbCover", normalise=True, n_classes=NUM_CLASSES,
                                 deltas=_deltas())),
+    "maxherding": (lambda: _ours("maxherding"),
+                   lambda: _peer("MaxHerding", normalise=True, metric_dict={"gamma": 1.0})),
+    "maxherding_20k": (lambda: _ours("maxherding", num_candidates=20_000), None),
 }
 
 
@@ -116,6 +122,11 @@ def worker(spec: str) -> None:
     name, impl, n = spec.split(":")
     z = synthetic_embedding(int(n), FLAGS.dim)
     labeled = np.random.default_rng(1).choice(len(z), FLAGS.labeled, replace=False)
+    if impl.endswith("_idle"):   # the baseline: libraries loaded, embedding built, no selection
+        _load_libraries(impl)
+        print(json.dumps({"seconds": 0.0, "picks": [], "objective": None,
+                          "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        return
     run = STRATEGIES[name][0 if impl == "ours" else 1]()
     start = time.perf_counter()
     picks, objective = run(z, labeled, FLAGS.q)
@@ -123,6 +134,16 @@ def worker(spec: str) -> None:
     print(json.dumps({"seconds": seconds, "picks": np.asarray(picks).tolist(),
                       "objective": objective,
                       "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def _load_libraries(impl: str) -> None:
+    """What a run imports before selecting: JAX with its CPU runtime started, or scikit-activeml."""
+    if impl.startswith("ours"):
+        import jax.numpy as jnp
+        import npc_jax.strategies  # noqa: F401
+        jnp.zeros(1).block_until_ready()
+    else:
+        import skactiveml.pool  # noqa: F401
 
 
 def _vm_hwm_mb(pid: int) -> float | None:
@@ -145,7 +166,7 @@ def run_job(name: str, impl: str, n: int) -> dict:
     """One job in a subprocess: wall time, peak RSS, and how it ended."""
     argv = [sys.executable, os.path.abspath(__file__), f"--worker={name}:{impl}:{n}",
             f"--dim={FLAGS.dim}", f"--q={FLAGS.q}", f"--labeled={FLAGS.labeled}"]
-    peer = impl == "skactiveml"
+    peer = impl.startswith("skactiveml")
     timeout = FLAGS.peer_timeout if peer else FLAGS.timeout
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_cap_memory(FLAGS.peer_memory_gb) if peer else None)
@@ -172,14 +193,19 @@ def main(argv):
     del argv
     if FLAGS.worker:
         return worker(FLAGS.worker)
-    rows = []
+    rows, baselines = [], {}
     for n in map(int, FLAGS.sizes):
         for name in FLAGS.strategies:
-            for impl in ["ours"] + (["skactiveml"] if FLAGS.peer else []):
+            peer = FLAGS.peer and STRATEGIES[name][1] is not None
+            for impl in ["ours"] + (["skactiveml"] if peer else []):
                 row = run_job(name, impl, n)
+                # Peak RSS of the same process without the selection call.
+                row["baseline_rss_mb"] = baselines.setdefault(
+                    (impl, n), run_job(name, impl + "_idle", n)["peak_rss_mb"])
                 rows.append(row)
-                print(f"{name:10s} {impl:10s} N={n:>8d}  {row.get('seconds', '-'):>8} s  "
-                      f"peak {row['peak_rss_mb']:>6d} MB  {row['status']}", flush=True)
+                print(f"{name:14s} {impl:10s} N={n:>8d}  {row.get('seconds', '-'):>8} s  "
+                      f"peak {row['peak_rss_mb']:>6d} MB (idle {row['baseline_rss_mb']:>5d})"
+                      f"  {row['status']}", flush=True)
     if FLAGS.out:
         with open(FLAGS.out, "w") as f:
             json.dump(rows, f, indent=1)

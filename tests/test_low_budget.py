@@ -87,6 +87,17 @@ def test_kmeans_matches_sklearn():
     np.testing.assert_array_equal(ours.labels, again.labels)
 
 
+def test_kmeans_result_does_not_depend_on_the_bucket():
+    """k = 5 in 8 slots (its bucket) or 32 masked slots: the same clustering."""
+    from npc_jax.strategies import kmeans as kmeans_module
+    z, _ = _blobs([40, 50, 60, 70, 80], spread=1.0)
+    runs = [kmeans_module._kmeans(jax.random.key(3), z, 5, 3, slots, 2 + int(np.log(slots)),
+                                  256, 300, 1e-4) for slots in (8, 32)]
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    np.testing.assert_allclose(runs[0][0][:5], runs[1][0][:5], rtol=1e-5)
+    assert kmeans_module.bucket(5) == 8 and kmeans_module.bucket(32) == 32
+
+
 # ---------------------------------------------------------------- hand-computed cases
 
 def test_typiclust_hand_computed():
