@@ -28,12 +28,17 @@ STRATEGIES maps a name to (ours, the peer) factories; add a strategy there.
 Measured 2026-12 on the 2-core AMD EPYC, 23 GiB machine, shared (load
 average ≈ 8 during the runs), N = 60k, d = 128, Q = 20, |L| = 10:
   typiclust   ours 6.6 s, peak 397 MB   scikit-activeml 14.7 s, peak 319 MB
+              (after k-means' compile-once / one-hot Lloyd change: ours 4.6 s,
+              peak 359 MB, idle process 199 MB; the peer's idle 230 MB)
   probcover   ours 110 s, peak 537 MB   scikit-activeml: MemoryError at once
               (its 60k × 60k float32 distance matrix alone is 13.4 GiB, over
               the 12 GiB cap; on this 23 GiB machine it cannot run either)
 N = 1M (ours only): typiclust 305 s, peak 2.8 GB. probcover is O(N² d) by
 construction (exact ball graph): ≈ 280× the 60k time, hours here; not run.
-Our peak RSS includes JAX's runtime (≈ 250 MB after import).
+Our peak RSS includes JAX's runtime (≈ 200-250 MB after import).
+MaxHerding (its module docstring): 60k ours 58 s / 372 MB, the peer cannot
+allocate its 60k × 60k kernel; 1M with num_candidates=20000: 214 s / 2.4 GB.
+Tables and goals: BENCHMARKS.md, P7.
 """
 from __future__ import annotations
 
