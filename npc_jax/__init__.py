@@ -21,6 +21,7 @@ import-linter contracts in pyproject.toml):
 - `checkpoint`: the round-0 model(s) of a run.
 - `config`: a run's settings, parsed and validated once.
 - `labelling`: human in the loop (query CSV + contact sheet, label import).
+- `labelstudio`: the queries as tasks of a Label Studio project (optional server).
 - `loop`: ASSL / ASL rounds, resume.
 - `results`, `report`: tables, figures and reports from records.
 
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING
 _SUBMODULES = ("data", "models", "inference", "ntk", "spectral", "infinite", "representation",
                "ssl", "train", "strategies", "pretraining", "storage", "records", "checkpoint",
                "config",
-               "labelling", "loop", "results", "report")
+               "labelling", "labelstudio", "loop", "results", "report")
 
 # Re-exported names: name -> the submodule that defines it.
 _EXPORTS = {
@@ -57,9 +58,9 @@ _EXPORTS = {
 __all__ = sorted([*_SUBMODULES, *_EXPORTS])
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never run
-    from npc_jax import (checkpoint, config, data, inference, infinite, labelling, loop, models,
-                         ntk, pretraining, records, report, representation, results, spectral,
-                         ssl, storage, strategies, train)
+    from npc_jax import (checkpoint, config, data, inference, infinite, labelling, labelstudio,
+                         loop, models, ntk, pretraining, records, report, representation,
+                         results, spectral, ssl, storage, strategies, train)
     from npc_jax.data import DataError, Dataset, Pool, load_dataset
     from npc_jax.config import RunSettings
     from npc_jax.models import Model, get_model

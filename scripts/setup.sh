@@ -45,3 +45,29 @@ else
   .venv/bin/python -m pip install -q -e ".[dev]"
   echo "$want" > "$stamp"
 fi
+
+# 3. Label Studio (tests/test_labelstudio.py): the server in its own venv (its
+#    pins hold numpy < 2.3, see pyproject's labelstudio extra), a migrated
+#    template database (~90 s once, then each test server starts in ~10 s), and
+#    Debian's chromium for the labelling-view check. Skip with NPC_JAX_NO_LABEL_STUDIO=1.
+if [ -z "${NPC_JAX_NO_LABEL_STUDIO:-}" ]; then
+  ls_pin="$(grep -o '"label-studio==[^"]*"' pyproject.toml | tr -d '"')"
+  if ! .venv-labelstudio/bin/python -m pip show -q label-studio >/dev/null 2>&1 \
+      || [ "label-studio==$(.venv-labelstudio/bin/python -c 'import label_studio; print(label_studio.__version__)')" != "$ls_pin" ]; then
+    echo "[setup] installing $ls_pin into .venv-labelstudio (first time: a few minutes)"
+    [ -x .venv-labelstudio/bin/python ] || "$python" -m venv .venv-labelstudio
+    .venv-labelstudio/bin/python -m pip install -q --upgrade pip
+    .venv-labelstudio/bin/python -m pip install -q "$ls_pin"
+  fi
+  echo '*' > .venv-labelstudio/.gitignore   # never committed
+
+  .venv/bin/python tests/labelstudio_server.py
+  if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+      echo "[setup] installing Debian package chromium"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || true
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+      sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || true
+    fi
+  fi
+fi
