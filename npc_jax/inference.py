@@ -9,9 +9,20 @@ Memory: one chunk on the device, the (reduced) outputs on the host.
     logits = inference.batched_apply(model.apply_fn, variables, images)   # (N, C)
     accuracy = inference.evaluate(model, variables, images, labels)
 
+Devices. With more than one local device (several GPUs, or fake CPU devices
+under ``XLA_FLAGS=--xla_force_host_platform_device_count=8``) each chunk's
+rows are sharded over all of them: the chunk size is rounded up to a multiple
+of the device count, each padded chunk is placed with
+``NamedSharding(local_mesh(), P("rows"))`` (rows split, one contiguous block
+per device) and a jitted `fn` runs data-parallel under XLA's partitioner; the
+outputs are gathered to the host. Every pool pass (inference, the baselines'
+scores, the embeddings, kernel blocks) therefore uses every device. With one
+device nothing changes: same chunk size, plain numpy chunks.
+
 Also here, because every layer above needs them: `check_finite` (the one
-NaN/inf guard, naming the rows and the fix) and `numpy_rng` (a numpy
-Generator from a JAX key, for host-side sampling).
+NaN/inf guard, naming the rows and the fix), `numpy_rng` (a numpy
+Generator from a JAX key, for host-side sampling) and `local_mesh` (the 1-D
+device mesh of this process, shared with data-parallel training).
 """
 from __future__ import annotations
 
@@ -20,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from npc_jax.data import images_to_float
 
@@ -27,7 +39,7 @@ if TYPE_CHECKING:   # the type only: inference stays free of flax
     from npc_jax.models import Model
 
 __all__ = ["NonFiniteError", "batched_apply", "check_finite", "chunked_map", "evaluate",
-           "numpy_rng", "pad_rows", "predict"]
+           "local_mesh", "numpy_rng", "pad_rows", "predict"]
 
 
 class NonFiniteError(FloatingPointError, ValueError):
@@ -71,21 +83,69 @@ def pad_rows(x: np.ndarray, size: int) -> np.ndarray:
     return x if missing <= 0 else np.concatenate([x, np.repeat(x[-1:], missing, 0)])
 
 
-def chunked_map(fn: Callable[..., Any], *arrays, chunk_size: int):
+@functools.lru_cache(maxsize=None)
+def local_mesh(devices: int = 0, axis: str = "rows") -> Mesh | None:
+    """The 1-D mesh ``(axis,)`` over the first `devices` local devices, or None for one.
+
+    Args:
+      devices: how many of this process's devices (``jax.local_devices()``,
+        in their order); 0 means all of them.
+      axis: the mesh axis name ("rows" for pool chunks, "batch" for training).
+
+    Returns:
+      A `jax.sharding.Mesh` of shape ``(devices,)``, or None when that is a
+      single device (callers then keep their single-device path unchanged).
+    """
+    available = jax.local_devices()
+    devices = int(devices)
+    if devices < 0 or devices > len(available):
+        raise ValueError(f"Asked for {devices} devices but this process has "
+                         f"{len(available)} ({available[0].platform}); use 0 (all) or "
+                         f"1..{len(available)}.")
+    chosen = available[:devices or len(available)]
+    return None if len(chosen) == 1 else Mesh(np.array(chosen), (axis,))
+
+
+def _placed(chunk: np.ndarray, sharding):
+    """`chunk` on the devices with its rows sharded, or unchanged on the host where a
+    device copy would change it (a dtype JAX would narrow: float64 or int64 without x64)."""
+    if sharding is None or chunk.dtype == object or \
+            jax.dtypes.canonicalize_dtype(chunk.dtype) != chunk.dtype:
+        return chunk
+    return jax.device_put(chunk, sharding)
+
+
+def chunked_map(fn: Callable[..., Any], *arrays, chunk_size: int, devices: int = 0):
     """``fn(*chunks) -> pytree of (chunk_size, ...)`` over arrays of N rows.
 
     Args:
       fn: a function of `len(arrays)` arrays sharing their leading axis,
         returning a pytree of arrays with that leading axis; called with
-        exactly `chunk_size` rows each time (so a jitted `fn` compiles once).
+        exactly the same number of rows each time (so a jitted `fn` compiles
+        once). Rows must be independent: row i of the output depends on row
+        i of the inputs only.
       *arrays: (N, ...) arrays, indexed on the host chunk by chunk.
-      chunk_size: rows per call.
+      chunk_size: rows per call (with D > 1 devices: rounded up to a
+        multiple of D).
+      devices: local devices to shard each chunk's rows over (0: all,
+        1: none, `local_mesh`). With D > 1 each chunk (chunk_size, ...) is
+        passed as a jax.Array sharded ``P("rows")`` over the D devices
+        (chunk_size / D rows each); chunks of a dtype JAX would narrow
+        (float64/int64 without x64) stay numpy. With one device chunks are
+        numpy arrays, as before.
 
     Returns:
-      The pytree of `fn`'s outputs, as numpy arrays of N rows.
+      The pytree of `fn`'s outputs, as numpy arrays of N rows (gathered from
+      the devices).
     """
     if int(chunk_size) != chunk_size or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
+    mesh = local_mesh(devices)
+    sharding = None
+    if mesh is not None:
+        num = mesh.devices.size
+        chunk_size = -(-int(chunk_size) // num) * num
+        sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
     n = len(arrays[0])
     if any(len(a) != n for a in arrays):
         raise ValueError(f"chunked_map needs arrays of one length, got "
@@ -99,27 +159,31 @@ def chunked_map(fn: Callable[..., Any], *arrays, chunk_size: int):
     for start in range(0, n, chunk_size):
         chunks = [np.asarray(a[start:start + chunk_size]) for a in arrays]
         real = len(chunks[0])
-        out = fn(*[pad_rows(c, chunk_size) for c in chunks])
+        out = fn(*[_placed(pad_rows(c, chunk_size), sharding) for c in chunks])
         outputs.append(jax.tree_util.tree_map(lambda o: np.asarray(o)[:real], out))
     if len(outputs) == 1:
         return outputs[0]
     return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *outputs)
 
 
-def batched_apply(fn: Callable, variables, images, *, batch_size: int = 1000):
+def batched_apply(fn: Callable, variables, images, *, batch_size: int = 1000,
+                  devices: int = 0):
     """``fn(variables, float_images) -> pytree of (B, ...)`` over N images.
 
     `fn` should be a stable callable (a module-level function or a bound
     method of a hashable object, e.g. ``model.apply_with_features``): its
-    jitted version is cached by identity. Images are uint8 or floats in
-    [0, 1], converted on the device.
+    jitted version is cached by identity. Images (N, H, W, C) are uint8 or
+    floats in [0, 1], converted on the device. With D > 1 local devices each
+    batch is sharded over them (`chunked_map`: `batch_size` rounded up to a
+    multiple of D, rows ``P("rows")``, `variables` replicated); `devices`
+    as in `chunked_map` (0: all local devices, 1: one).
 
     Returns:
       The pytree of outputs, numpy, N rows.
     """
     jitted = _jit_apply(fn)
     return chunked_map(functools.partial(jitted, variables), np.asarray(images),
-                       chunk_size=batch_size)
+                       chunk_size=batch_size, devices=devices)
 
 
 @functools.lru_cache(maxsize=64)

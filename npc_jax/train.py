@@ -8,6 +8,20 @@ of labels (the labeled index list is padded to a fixed capacity), so one
 compilation serves every round of an ASSL run.
 
 The randomness of step k is ``fold_in(key, k)``.
+
+Data parallel. With ``TrainConfig.devices`` resolving to D > 1 local devices
+(0, the default: all of them) the steps run over the 1-D mesh ``("batch",)``
+of those devices: the state (parameters, EMA, optimiser state, BatchNorm
+statistics, DARP buffer, thresholds) and `TrainData` (the pool) are
+replicated, each step's sampled batch is sharded ``P("batch")`` (B / D
+labeled and B·μ / D unlabeled rows per device, as contiguous blocks) by
+sharding constraints inside the jitted step, and XLA's partitioner inserts
+the all-reduces. The model sees the whole global batch, so BatchNorm's
+statistics are over the global batch (SyncBN) and the losses and gradients
+are global means: the same computation as on one device up to the float32
+reduction order. DARP's buffer is replicated and refined over the whole pool
+(every device solves the same C-dimensional dual). With one device nothing
+is sharded and the step is the single-device one, bit for bit.
 """
 from __future__ import annotations
 
@@ -22,7 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
 from npc_jax.data import images_to_float
+from npc_jax.inference import local_mesh
 from npc_jax.models import Model
 from npc_jax.ssl import augment, darp, fixmatch, thresholds
 
@@ -31,6 +48,7 @@ __all__ = [
     "TrainData",
     "TrainState",
     "cosine_7_16",
+    "data_parallel_mesh",
     "fixmatch_step",
     "init_state",
     "make_optimizer",
@@ -76,6 +94,9 @@ class TrainConfig:
       the raw weights, which on short schedules lag far behind).
     chunk_steps: steps between metric reads (progress/metrics granularity).
     eval_batch_size: batch of the (padded) evaluation forward passes.
+    devices: local devices to train data-parallel over (`data_parallel_mesh`):
+      0 = all of this process's devices, 1 = one device (no sharding), D =
+      the first D. `batch_size` must be a multiple of the device count.
     """
 
     method: str = "fixmatch"
@@ -103,6 +124,7 @@ class TrainConfig:
     recalibrate_batches: int = 8
     chunk_steps: int = 50
     eval_batch_size: int = 1000
+    devices: int = 0
 
     def __post_init__(self):
         if self.method not in ("fixmatch", "supervised"):
@@ -113,6 +135,11 @@ class TrainConfig:
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be a positive integer, "
                                  f"got {getattr(self, name)!r}.")
+        if int(self.devices) != self.devices or self.devices < 0:
+            raise ValueError(f"TrainConfig.devices must be 0 (all local devices) or a "
+                             f"positive device count, got {self.devices!r}.")
+        if self.devices > 1:
+            _check_divides(self.batch_size, self.devices, self.devices)
         if self.weak_forward not in ("joint", "separate"):
             raise ValueError(f"TrainConfig.weak_forward must be 'joint' or 'separate', "
                              f"got {self.weak_forward!r}.")
@@ -146,6 +173,55 @@ class TrainConfig:
             if not in_range:
                 raise ValueError(f"TrainConfig.{name} must be {wanted}, got "
                                  f"{getattr(self, name)!r}.")
+
+
+def _check_divides(batch_size: int, num_devices: int, devices: int) -> None:
+    if batch_size % num_devices:
+        raise ValueError(
+            f"TrainConfig.batch_size = {batch_size} does not divide evenly over "
+            f"{num_devices} devices (TrainConfig.devices = {devices}"
+            f"{', all local devices' if devices == 0 else ''}): each device takes "
+            f"batch_size / devices rows. Use a batch_size that is a multiple of "
+            f"{num_devices}, or set TrainConfig.devices to a divisor of {batch_size} "
+            "(1: one device).")
+
+
+def data_parallel_mesh(config: TrainConfig) -> Mesh | None:
+    """The mesh ``("batch",)`` that `config` trains over, or None for one device.
+
+    Args:
+      config: its `devices` field (0: all local devices) picks the devices.
+
+    Returns:
+      A 1-D `jax.sharding.Mesh` of D > 1 local devices, or None (train on the
+      default device, unsharded).
+
+    Raises:
+      ValueError: more devices asked for than this process has, or a
+        `batch_size` that is not a multiple of D (naming both).
+    """
+    mesh = local_mesh(config.devices, "batch")
+    if mesh is not None:
+        _check_divides(config.batch_size, mesh.devices.size, config.devices)
+    return mesh
+
+
+def _shard_batch(x: jax.Array, config: TrainConfig) -> jax.Array:
+    """(B, ...) `x` constrained to rows sharded over the training mesh (no-op on one)."""
+    mesh = data_parallel_mesh(config)
+    if mesh is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec("batch")))
+
+
+def _replicated(tree, mesh: Mesh | None, *, traced: bool = False):
+    """`tree` replicated over `mesh`: a transfer, or inside jit (`traced`) a constraint."""
+    if mesh is None:
+        return tree
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if traced:
+        return jax.lax.with_sharding_constraint(tree, sharding)
+    return jax.device_put(tree, sharding)
 
 
 class TrainData(NamedTuple):
@@ -292,10 +368,13 @@ def init_state(model: Model, config: TrainConfig, key: jax.Array,
                     if config.threshold_mode == "freematch" else None))
 
 
-def _sample_labeled(key, data: TrainData, batch_size: int):
-    position = jax.random.randint(key, (batch_size,), 0, data.num_labeled)
+def _sample_labeled(key, data: TrainData, config: TrainConfig):
+    """(B, H, W, C) float images and (B,) labels drawn from the labeled set, rows
+    sharded over the training mesh."""
+    position = jax.random.randint(key, (config.batch_size,), 0, data.num_labeled)
     index = data.labeled_indices[position]
-    return images_to_float(data.images[index]), data.labeled_labels[position]
+    return (_shard_batch(images_to_float(data.images[index]), config),
+            _shard_batch(data.labeled_labels[position], config))
 
 
 def _apply_updates(state: TrainState, config: TrainConfig, grads, batch_stats,
@@ -313,7 +392,7 @@ def supervised_step(state: TrainState, data: TrainData, key: jax.Array, *,
                     model: Model, config: TrainConfig):
     """One step of cross-entropy on weakly augmented labeled images."""
     sample_key, augment_key = jax.random.split(key)
-    x, y = _sample_labeled(sample_key, data, config.batch_size)
+    x, y = _sample_labeled(sample_key, data, config)
     x = augment.weak_augment(augment_key, x, flip=config.flip)
 
     def loss_fn(params):
@@ -341,9 +420,9 @@ def fixmatch_step(state: TrainState, data: TrainData, key: jax.Array, *,
     keys = dict(zip(("labeled", "unlabeled", "weak_l", "weak_u", "strong_u"),
                     jax.random.split(key, 5)))
     batch_l, batch_u = config.batch_size, config.batch_size * config.mu
-    x_l, y_l = _sample_labeled(keys["labeled"], data, batch_l)
+    x_l, y_l = _sample_labeled(keys["labeled"], data, config)
     u_index = jax.random.randint(keys["unlabeled"], (batch_u,), 0, data.images.shape[0])
-    x_u = images_to_float(data.images[u_index])
+    x_u = _shard_batch(images_to_float(data.images[u_index]), config)
     weak_l = augment.weak_augment(keys["weak_l"], x_l, flip=config.flip)
     weak_u = augment.weak_augment(keys["weak_u"], x_u, flip=config.flip)
     strong_u = augment.strong_augment(keys["strong_u"], x_u, flip=config.flip)
@@ -354,9 +433,9 @@ def fixmatch_step(state: TrainState, data: TrainData, key: jax.Array, *,
         # pass of their own saves their backward pass, ~30% of the step.
         logits_weak, _ = model.apply_train(
             {"params": state.params, "batch_stats": state.batch_stats}, weak_u)
-        inputs = jnp.concatenate([weak_l, strong_u])
+        inputs = _shard_batch(jnp.concatenate([weak_l, strong_u]), config)
     else:
-        inputs = jnp.concatenate([weak_l, weak_u, strong_u])
+        inputs = _shard_batch(jnp.concatenate([weak_l, weak_u, strong_u]), config)
 
     def loss_fn(params):
         logits, batch_stats = model.apply_train(
@@ -418,13 +497,18 @@ def train_step(state: TrainState, data: TrainData, key: jax.Array, *,
                step_fn, model: Model, config: TrainConfig):
     """One jitted training step, as `train` runs it: `step_fn` (`supervised_step`
     or `fixmatch_step`) with the step's key folded in from `key` and
-    `state.step`. `state` is donated. Returns (state, metrics)."""
+    `state.step`. `state` is donated. Returns (state, metrics).
+
+    On D > 1 devices (`data_parallel_mesh`) `state` and `data` should be
+    replicated over the mesh (`train` places them); the batch is sharded
+    inside, and the new state and metrics come back replicated."""
     # One jitted step per call, not a lax.scan of steps: XLA:CPU compiles
     # convolutions inside loops without its fast (Eigen/oneDNN) kernels, which
     # measured 20-40x slower here. Dispatch is asynchronous, so the host does
     # not wait on the device between steps.
-    return step_fn(state, data, jax.random.fold_in(key, state.step), model=model,
-                   config=config)
+    out = step_fn(state, data, jax.random.fold_in(key, state.step), model=model,
+                  config=config)
+    return _replicated(out, data_parallel_mesh(config), traced=True)
 
 
 def train(model: Model, config: TrainConfig, data: TrainData, key: jax.Array, *,
@@ -444,9 +528,14 @@ def train(model: Model, config: TrainConfig, data: TrainData, key: jax.Array, *,
     Returns:
       The final state (evaluate ``state.eval_variables``) and a list of
       per-chunk metric dicts (means over the chunk, with the last step index).
+      On D > 1 devices the state's arrays are replicated over all local
+      devices (ready for `npc_jax.inference`, which shards pool chunks over
+      them).
     """
+    mesh = data_parallel_mesh(config)   # raises early on a batch that does not divide
     init_key, steps_key, recalibrate_key = jax.random.split(key, 3)
     state = init_state(model, config, init_key, data.images.shape[0], init_variables)
+    state, data = _replicated((state, data), mesh)
     history = []
     bar = None
     if progress:
@@ -481,22 +570,31 @@ def train(model: Model, config: TrainConfig, data: TrainData, key: jax.Array, *,
         state = state.replace(ema_batch_stats=recalibrate_batch_stats(
             model, {"params": state.ema_params, "batch_stats": state.batch_stats},
             data.images, recalibrate_key,
-            num_batches=config.recalibrate_batches, batch_size=config.eval_batch_size))
+            num_batches=config.recalibrate_batches, batch_size=config.eval_batch_size,
+            mesh=mesh))
+    if mesh is not None and mesh.devices.size < jax.local_device_count():
+        state = _replicated(state, local_mesh())   # a sub-mesh: onto every device
     return state, history
 
 
 def recalibrate_batch_stats(model: Model, variables, images, key: jax.Array, *,
-                            num_batches: int, batch_size: int):
+                            num_batches: int, batch_size: int, mesh: Mesh | None = None):
     """BatchNorm statistics for `variables`' weights, from random pool batches.
 
     Averages the per-batch means and variances of `num_batches` batches of
     `batch_size` clean images drawn without replacement (fewer if the pool is
-    smaller). Returns a tree like ``variables["batch_stats"]``.
+    smaller). With a `mesh` (``("batch",)``, `data_parallel_mesh`) each batch
+    whose size divides over it is sharded over its devices; the statistics
+    are still those of the whole batch. Returns a tree like
+    ``variables["batch_stats"]``.
     """
     num = min(num_batches * batch_size, len(images))
     order = np.asarray(jax.random.permutation(key, len(images))[:num])
     size = min(batch_size, num)
-    stats = [_batch_statistics(model, variables, images[np.sort(order[i:i + size])])
+    sharded = mesh is not None and size % mesh.devices.size == 0
+    place = ((lambda x: jax.device_put(x, NamedSharding(mesh, PartitionSpec("batch"))))
+             if sharded else (lambda x: x))
+    stats = [_batch_statistics(model, variables, place(images[np.sort(order[i:i + size])]))
              for i in range(0, num - size + 1, size)]
     return jax.tree_util.tree_map(lambda *xs: jnp.mean(jnp.stack(xs), axis=0), *stats)
 

@@ -1,0 +1,122 @@
+"""Checks run in a subprocess with 8 fake CPU devices (tests/test_multidevice.py).
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multidevice.py train
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multidevice.py pool
+
+`train`: N steps of FixMatch-DARP and of supervised training on 1 device
+and on 8 (`TrainConfig.devices`), same key; prints the relative differences
+as one JSON line. `pool`: `batched_apply`, `min_eigenvalue(backend="device")`
+and the picks of NPC and margin on 1 device and on 8; prints them as JSON.
+Not collected by pytest (no test_ prefix): the test process has 1 device.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _toy_images(n, seed=0):
+    """Two classes told apart by a bright bar in the top (0) or bottom (1) half."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    images = rng.uniform(0, 0.3, (n, 28, 28, 1)).astype(np.float32)
+    for i, y in enumerate(labels):
+        images[i, slice(4, 10) if y == 0 else slice(18, 24), 4:24] = 1.0
+    return images, labels.astype(np.int32)
+
+
+def _flat(tree):
+    leaves = [np.ravel(np.asarray(x, np.float64)) for x in jax.tree_util.tree_leaves(tree)]
+    return np.concatenate(leaves) if leaves else np.zeros(0)
+
+
+def _relative(a, b, reference):
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(reference), 1e-30))
+
+
+def train_check(seed: int = 0) -> dict:
+    from npc_jax import train
+    from npc_jax.models import get_model
+
+    images, labels = _toy_images(64, seed)
+    labeled = np.arange(16)
+    data = train.make_train_data(images, labeled, labels[labeled], diagnostic_labels=labels)
+    model = get_model("cnn", 2)
+    base = train.TrainConfig(steps=6, batch_size=16, mu=2, ema_decay=0.9, threshold=0.6,
+                             darp_warmup=0.5, darp_every=2, chunk_steps=3,
+                             recalibrate_batches=0)
+    key = jax.random.PRNGKey(seed)
+    init = _flat(model.init(jax.random.split(key, 3)[0])["params"])
+    out = {}
+    for method in ("fixmatch", "supervised"):
+        runs = {}
+        for devices in (1, 8):
+            config = dataclasses.replace(base, method=method, devices=devices)
+            start = time.perf_counter()
+            state, history = train.train(model, config, data, key)
+            jax.block_until_ready(state.params)
+            runs[devices] = (state, history, time.perf_counter() - start)
+        (one, h1, t1), (eight, h8, t8) = runs[1], runs[8]
+        p1, p8 = _flat(one.params), _flat(eight.params)
+        result = {
+            "seconds": [t1, t8],
+            "sharding": str(jax.tree_util.tree_leaves(eight.params)[0].sharding.spec),
+            "num_devices": len(jax.tree_util.tree_leaves(eight.params)[0].devices()),
+            # the change of the weights over the N steps, 8 devices vs 1
+            "params": _relative(p1, p8, p1 - init),
+            "ema_params": _relative(_flat(one.ema_params), _flat(eight.ema_params),
+                                    _flat(one.ema_params) - init),
+            "batch_stats": _relative(_flat(one.batch_stats), _flat(eight.batch_stats),
+                                     _flat(one.batch_stats)),
+            "loss": max(abs(a["loss"] - b["loss"]) / abs(a["loss"]) for a, b in zip(h1, h8)),
+        }
+        if one.darp is not None:
+            result["darp"] = float(np.max(np.abs(_flat(one.darp) - _flat(eight.darp))))
+        out[method] = result
+    return out
+
+
+def pool_check(seed: int = 0) -> dict:
+    from npc_jax import inference, spectral
+    from npc_jax.data import Pool
+    from npc_jax.models import get_model
+    from npc_jax.strategies import AcquisitionContext, make_strategy
+
+    images, labels = _toy_images(60, seed)
+    model = get_model("cnn", 2)
+    variables = model.init(jax.random.PRNGKey(seed))
+    out = {"num_devices": jax.local_device_count()}
+    apply = lambda devices: inference.batched_apply(
+        model.apply_with_features, variables, images, batch_size=20, devices=devices)
+    (l1, f1), (l8, f8) = apply(1), apply(0)   # 20 rows a chunk: 24 on 8 devices
+    out["batched_apply"] = [float(np.max(np.abs(l1 - l8))), float(np.max(np.abs(f1 - f8)))]
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(50, 9, 9)).astype(np.float32)
+    grams = a @ np.swapaxes(a, 1, 2)
+    grams[3] = grams[2]
+    grams[3, :, 0] = grams[3, 0, :] = 0.0   # a singular matrix: exactly 0 on both paths
+    lam8 = spectral.min_eigenvalue(grams, backend="device", chunk_size=16)
+    lam1 = np.asarray(jax.jit(spectral.min_eigenvalue_jax)(grams))
+    out["min_eigenvalue"] = float(np.max(np.abs(lam8 - lam1)))
+    out["min_eigenvalue_zero"] = float(lam8[3])
+    ctx = AcquisitionContext(model, variables, images, np.where(np.arange(60) < 4, labels, -1),
+                             batch_size=16)
+    pool = Pool(num_samples=60, labeled=(0, 1, 2, 3))
+    for name, options in (("npc", {"num_candidates": 64}), ("margin", {})):
+        key = jax.random.PRNGKey(seed + 1)
+        acquisition = make_strategy(name, **options).select(key, ctx, pool, 5)
+        out[name] = {"indices": acquisition.indices.tolist(), "objective": acquisition.objective}
+    return out
+
+
+if __name__ == "__main__":
+    what, seed = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    print(json.dumps({"train": train_check, "pool": pool_check}[what](seed)))
