@@ -68,7 +68,8 @@ def train_check(seed: int = 0) -> dict:
         p1, p8 = _flat(one.params), _flat(eight.params)
         result = {
             "seconds": [t1, t8],
-            "sharding": str(jax.tree_util.tree_leaves(eight.params)[0].sharding.spec),
+            "replicated": all(x.sharding.is_fully_replicated
+                              for x in jax.tree_util.tree_leaves(eight.params)),
             "num_devices": len(jax.tree_util.tree_leaves(eight.params)[0].devices()),
             # the change of the weights over the N steps, 8 devices vs 1
             "params": _relative(p1, p8, p1 - init),
