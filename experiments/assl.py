@@ -3,10 +3,14 @@
     python experiments/assl.py --config experiments/configs/fmnist_quick.py --workdir runs/quick
     python experiments/assl.py --config experiments/configs/fmnist_quick.py \
         --config.strategies=passive --config.seeds=0,1 --workdir runs/quick
+    # the grid over 2 workers (processes or hosts sharing the workdir):
+    python experiments/assl.py --config experiments/configs/fmnist_quick.py \
+        --config.seeds=0,1 --config.shard=0/2 --workdir runs/quick    # and shard=1/2
 
 Re-running the same command resumes after the last finished round.
 """
 import sys
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -36,7 +40,9 @@ def main(argv):
         sys.exit(f"error: {error}")
     print()
     print(results.format_table(records))
-    print(f"\nrecords: {_WORKDIR.value}/results.jsonl   plot: {_WORKDIR.value}/accuracy.png")
+    settings = loop.RunSettings.from_config(_CONFIG.value)
+    print(f"\nrecords: {loop.records_file(Path(_WORKDIR.value), settings.shard)}   "
+          f"plot: {_WORKDIR.value}/accuracy.png")
 
 
 if __name__ == "__main__":

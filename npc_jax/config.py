@@ -24,10 +24,14 @@ from npc_jax.train import TrainConfig
 __all__ = ["RunSettings", "config_difference", "run_identity"]
 
 # Config fields outside the run-wide hash: which subset of a benchmark a command
-# runs, and the strategies' options (checked per strategy: each record carries
-# its own strategy's options), so that later commands can add strategies and
-# variants to the same workdir.
-_SUBSET_FIELDS = ("strategies", "seeds", "strategy_options")
+# runs (its strategies, seeds, and which worker of a grid it is), and the
+# strategies' options (checked per strategy: each record carries its own
+# strategy's options), so that later commands can add strategies and variants
+# to the same workdir.
+_SUBSET_FIELDS = ("strategies", "seeds", "shard", "strategy_options")
+# Which worker ran a job is not what the job computed: left out of the
+# recorded config, so a grid's records equal those of one unsharded run.
+_WORKER_FIELDS = ("shard",)
 # Fields added to the configs after records were made with their default
 # behaviour: at these values they stay out of the hash, so that older
 # workdirs (the committed L1 records) resume under the configs of today.
@@ -50,6 +54,7 @@ class RunSettings:
     labels: str               # "oracle" | "human"
     strategies: tuple[str, ...]
     seeds: tuple[int, ...]
+    shard: tuple[int, int]    # (i, N): worker i of N runs every N-th job of `grid()`
     initial_labels: int
     query_size: int
     rounds: int
@@ -75,6 +80,11 @@ class RunSettings:
                              f"(supervised), got {mode!r}.")
         names = _strategy_names(cfg["strategies"])
         seeds = _seeds(cfg["seeds"])
+        shard = _shard(cfg.get("shard", ""), num_jobs=len(names) * len(seeds))
+        if labels == "human" and shard[1] > 1:
+            raise ValueError(f"config.shard={cfg['shard']!r} splits an oracle run's grid over "
+                             "workers; a human-labelled run has one labeller and one queue: "
+                             "leave config.shard empty.")
         _check_budget_fields(cfg)
         model_dtype = _model_dtype(cfg)
         initial_trainings = int(cfg.get("initial_trainings", 1))
@@ -91,7 +101,7 @@ class RunSettings:
         digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
         return cls(dataset=cfg["dataset"], data_dir=cfg.get("data_dir") or None,
                    model=cfg["model"], model_dtype=model_dtype, mode=mode, labels=labels,
-                   strategies=names, seeds=seeds,
+                   strategies=names, seeds=seeds, shard=shard,
                    initial_labels=int(cfg["initial_labels"]),
                    query_size=int(cfg["query_size"]), rounds=int(cfg["rounds"]),
                    validation_size=int(cfg.get("validation_size", 0)),
@@ -101,11 +111,21 @@ class RunSettings:
                    init=init, pretrain=pretrain,
                    pretrain_seed=int(cfg.get("pretrain_seed", 0)),
                    pretrain_cache=str(cfg.get("pretrain_cache") or "runs/pretrain_cache"),
-                   config=cfg, config_hash=digest)
+                   config={k: v for k, v in cfg.items() if k not in _WORKER_FIELDS},
+                   config_hash=digest)
 
     @property
     def final_num_labels(self) -> int:
         return self.initial_labels + self.rounds * self.query_size
+
+    def grid(self) -> list[tuple[int, str]]:
+        """Every (seed, strategy) job of the run, in the order the loop runs them."""
+        return [(seed, name) for seed in self.seeds for name in self.strategies]
+
+    def jobs(self) -> list[tuple[int, str]]:
+        """This worker's jobs: every N-th of `grid()` from the i-th (all of it unsharded)."""
+        index, count = self.shard
+        return self.grid()[index::count]
 
     def options_of(self, strategy: str) -> dict:
         """The options `strategy` is built with (as recorded in its records)."""
@@ -141,6 +161,25 @@ def _seeds(field) -> tuple[int, ...]:
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise ValueError(f"config.seeds must be distinct non-negative integers, got {field!r}.")
     return seeds
+
+
+def _shard(field, *, num_jobs: int) -> tuple[int, int]:
+    """(i, N) of config.shard = "i/N" (worker i of N); "" is (0, 1), the whole grid."""
+    text = str(field or "").strip()
+    if not text:
+        return 0, 1
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        index, count = -1, 0
+    if not 0 <= index < count:
+        raise ValueError(f"config.shard must be 'i/N', worker i of N workers with 0 <= i < N "
+                         f"(e.g. --config.shard=0/2 and --config.shard=1/2), or '' for the "
+                         f"whole grid; got {field!r}.")
+    if count > num_jobs:
+        raise ValueError(f"config.shard={field!r} splits {num_jobs} (strategy, seed) jobs over "
+                         f"{count} workers; use at most {num_jobs} workers.")
+    return index, count
 
 
 def _check_budget_fields(cfg: dict) -> None:

@@ -19,9 +19,21 @@ serves both: before training a round it asks the labeller for the labels of
 the labeled set; the oracle always has them, a person's store may not, and
 then the loop exports the query and stops with `labelling.LabelsNeeded`.
 Re-running after the labels are imported resumes exactly there.
+
+A grid (strategies × seeds) can be split over N workers, processes on one
+machine or on hosts that share the workdir: ``config.shard = "i/N"`` makes
+worker i run every N-th (seed, strategy) job of `RunSettings.grid` from the
+i-th and append to its own ``results.shard-i-of-N.jsonl``. Each worker reads
+every records file of the workdir (to resume, and to refuse other configs);
+the first worker to reach a seed trains its round-0 model while the others
+wait for it; `records.read_records([workdir])` and the report read all files.
+Locks (`storage.WorkdirLock`, released by the kernel when a process dies)
+make a second process on the same records file fail at once, as well as an
+unsharded run beside a grid and grids of different N on one workdir.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -40,10 +52,12 @@ from npc_jax.data import DataError, Dataset, Pool, carve_validation, initial_poo
 from npc_jax.models import Model, get_model
 from npc_jax.strategies.base import AcquisitionContext, StatefulStrategy, Strategy
 
-__all__ = ["Experiment", "RoundKeys", "RunSettings", "describe_record", "initial_model",
-           "prepare", "run", "run_round", "train_and_evaluate"]
+__all__ = ["RESULTS_FILE", "Experiment", "RoundKeys", "RunSettings", "describe_record",
+           "initial_model", "prepare", "records_file", "run", "run_round", "train_and_evaluate"]
 
 OnRecord = Callable[[records.RoundRecord], None]
+
+RESULTS_FILE = "results.jsonl"   # an unsharded run's records
 
 
 class RoundKeys(NamedTuple):
@@ -174,6 +188,15 @@ def initial_model(exp: Experiment, workdir: Path, seed: int, pool: Pool, key: ja
       labeled_indices, dataset_fingerprint and, for k > 1, initial_trainings.
     """
     stem = checkpoint.round0_stem(workdir, seed)
+    if exp.settings.shard[1] == 1:
+        return _initial_model(exp, stem, seed, pool, key)
+    # Grid workers share it: the first to reach the seed trains, the others wait.
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    with storage.WorkdirLock(stem.parent, f".{stem.name}.lock", wait=True):
+        return _initial_model(exp, stem, seed, pool, key)
+
+
+def _initial_model(exp: Experiment, stem: Path, seed: int, pool: Pool, key: jax.Array):
     template = jax.device_get(exp.model.init(jax.random.PRNGKey(0)))
     kept = checkpoint.load_round0(stem, template, pool.labeled_indices, exp.fingerprint)
     if kept is not None:
@@ -300,21 +323,22 @@ def _log_record(record: records.RoundRecord) -> None:
 
 
 class _Ledger:
-    """The records already in a workdir's log, checked against the run."""
+    """The records already in a workdir's logs (every worker's), checked against the run;
+    new ones go to this worker's `log`."""
 
     def __init__(self, settings: RunSettings, log: storage.JsonlLog, fingerprint: str):
         self.settings, self.log = settings, log
         self.done: dict[tuple[str, int, int], records.RoundRecord] = {}
-        for record in records.read_records([log.path], missing_ok=True):
+        for record in records.read_records(_record_files(log.path.parent), missing_ok=True):
             if record.config_hash != settings.config_hash:
                 raise ValueError(
-                    f"{log.path} holds records of a different config: "
+                    f"{log.path.parent} holds records of a different config: "
                     f"{config_difference(records.thaw(record.config), settings.config)}. Use a "
                     "new --workdir, or the original config, to resume.")
             recorded = record.dataset_fingerprint
             if recorded is not None and recorded != fingerprint:
                 raise ValueError(
-                    f"{log.path} holds records of other data: {settings.dataset} now has "
+                    f"{log.path.parent} holds records of other data: {settings.dataset} now has "
                     f"content fingerprint {fingerprint}, the records {recorded} (the file "
                     "was replaced or the dataset changed). Use a new --workdir for the new data.")
             self.done[(record.strategy, record.seed, record.round)] = record
@@ -325,7 +349,7 @@ class _Ledger:
             recorded = records.thaw(record.strategy_options)
             if strategy == name and recorded != options:
                 raise ValueError(
-                    f"{self.log.path} holds {name!r} records made with options "
+                    f"{self.log.path.parent} holds {name!r} records made with options "
                     f"{recorded} but the config gives {options}; use a "
                     "new --workdir, or register the variant under a new strategy name.")
 
@@ -414,7 +438,8 @@ def run(config, workdir: str | os.PathLike, *, progress: bool | None = None,
     Args:
       config: an ml_collections.ConfigDict (or dict) with the fields of
         `experiments/configs/fmnist_quick.py`.
-      workdir: directory of results.jsonl, checkpoints/, summary.md, accuracy.png.
+      workdir: directory of results.jsonl (results.shard-i-of-N.jsonl for worker
+        i of N, ``config.shard``), checkpoints/, summary.md, accuracy.png.
       progress: tqdm bars (default: when stderr is a terminal).
       labels: who answers the queries. "oracle": the dataset's true labels.
         "human": a person, through CSV files in `workdir` (`npc_jax.labelling`):
@@ -438,26 +463,80 @@ def run(config, workdir: str | os.PathLike, *, progress: bool | None = None,
         if workdir and Path(workdir).is_dir() and _is_finished(settings, Path(workdir)):
             logging.warning("%s is read-only and complete: nothing to run, summary not "
                             "rewritten.", workdir)
-            return records.read_records([Path(workdir) / "results.jsonl"])
+            return records.read_records(_record_files(Path(workdir)))
         raise
     try:
-        with storage.WorkdirLock(workdir):
+        with _worker_locks(workdir, settings.shard):
             return _run_locked(settings, workdir, progress=progress,
                                on_record=on_record or _log_record)
     finally:
         # A run refused before it wrote anything leaves no empty workdir behind.
-        if created and {p.name for p in workdir.iterdir()} <= {storage.LOCK_FILE}:
-            (workdir / storage.LOCK_FILE).unlink(missing_ok=True)
+        if created and all(_is_lock_file(p.name) for p in workdir.iterdir()):
+            for path in workdir.iterdir():
+                path.unlink(missing_ok=True)
             workdir.rmdir()
+
+
+def records_file(workdir: Path, shard: tuple[int, int]) -> Path:
+    """The file a worker appends to: results.jsonl, or results.shard-i-of-N.jsonl."""
+    index, count = shard
+    return workdir / (RESULTS_FILE if count == 1 else f"results.shard-{index}-of-{count}.jsonl")
+
+
+def _record_files(workdir: Path) -> list[Path]:
+    """Every worker's records file in `workdir` (results.jsonl, results.shard-*.jsonl)."""
+    return sorted(workdir.glob("results*.jsonl"))
+
+
+def _is_lock_file(name: str) -> bool:
+    return name.startswith(".npc_jax.") and name.endswith(".lock")
+
+
+@contextlib.contextmanager
+def _worker_locks(workdir: Path, shard: tuple[int, int]):
+    """The locks of a run on `workdir`, all taken at once, before any data is loaded.
+
+    Unsharded: the whole workdir, exclusively. Worker i of N: the workdir
+    shared with the other workers of its grid (so no unsharded run joins),
+    the grid size shared (so no grid of another N joins: it would split the
+    jobs differently and run some twice), and its own records file.
+    """
+    index, count = shard
+    if count == 1:
+        with storage.WorkdirLock(workdir):
+            yield
+        return
+    name = f"worker {index}/{count} (pid {os.getpid()})"
+    grid_lock = f".npc_jax.grid-of-{count}.lock"
+    with contextlib.ExitStack() as stack:
+        # Its own file first: a refused duplicate rewrites no shared lock's holder.
+        stack.enter_context(storage.WorkdirLock(
+            workdir, f".npc_jax.shard-{index}-of-{count}.lock", holder=name,
+            what=str(records_file(workdir, shard)), fix=(
+                f"worker {index}/{count} is already running; give each worker its own "
+                f"--config.shard=i/{count} (two processes on one records file would train "
+                "twice and append duplicate records)")))
+        stack.enter_context(storage.WorkdirLock(workdir, grid_lock, shared=True, holder=name))
+        for other in sorted(workdir.glob(".npc_jax.grid-of-*.lock")):
+            if other.name != grid_lock:
+                size = other.name.removeprefix(".npc_jax.grid-of-").removesuffix(".lock")
+                with storage.WorkdirLock(workdir, other.name, fix=(
+                        f"it runs a grid of {size} workers: give every worker "
+                        f"--config.shard=i/{size}, or wait for them to finish")):
+                    pass   # nobody holds it: a grid that has finished
+        stack.enter_context(storage.WorkdirLock(workdir, shared=True, holder=name, fix=(
+            "wait for it to finish; every process on a workdir that a grid runs must be one "
+            "of its workers (--config.shard=i/N)")))
+        yield
 
 
 def _is_finished(settings: RunSettings, workdir: Path) -> bool:
     """Whether `workdir` records every (strategy, seed, round) of `settings`."""
     done = {(r.strategy, r.seed, r.round)
-            for r in records.read_records([workdir / "results.jsonl"], missing_ok=True)
+            for r in records.read_records(_record_files(workdir), missing_ok=True)
             if r.config_hash == settings.config_hash}
-    return all((name, seed, r) in done for name in settings.strategies
-               for seed in settings.seeds for r in range(settings.rounds + 1))
+    return all((name, seed, r) in done for seed, name in settings.grid()
+               for r in range(settings.rounds + 1))
 
 
 def _load(settings: RunSettings, workdir: Path):
@@ -491,21 +570,26 @@ def _run_locked(settings: RunSettings, workdir: Path, *, progress: bool | None,
             f"{settings.final_num_labels} labels, but the pool holds {dataset.num_train} samples "
             f"(config.validation_size = {settings.validation_size} of them held out); lower "
             "one of those fields.")
-    log = storage.JsonlLog(workdir / "results.jsonl")
+    log = storage.JsonlLog(records_file(workdir, settings.shard))
     ledger = _Ledger(settings, log, dataset.fingerprint())
     # After the records are checked: a refused resume costs no pretraining.
     exp = prepare(settings, dataset, labeller,
                   progress=sys.stderr.isatty() if progress is None else progress)
-    for seed in settings.seeds:
-        for name in settings.strategies:
-            request = _run_strategy(exp, ledger, workdir, name, seed, on_record)
-            if request is not None:
-                _write_summary(records.read_records([log.path], missing_ok=True), workdir)
-                raise labelling.LabelsNeeded(labelling.export_query(
-                    workdir, request, dataset.x_train, num_classes=dataset.num_classes,
-                    class_names=class_names, dataset=settings.dataset))
-    all_records = records.read_records([log.path], missing_ok=True)
-    _write_summary(all_records, workdir)
+    for seed, name in settings.jobs():
+        request = _run_strategy(exp, ledger, workdir, name, seed, on_record)
+        if request is not None:
+            _write_summary(records.read_records([log.path], missing_ok=True), workdir)
+            raise labelling.LabelsNeeded(labelling.export_query(
+                workdir, request, dataset.x_train, num_classes=dataset.num_classes,
+                class_names=class_names, dataset=settings.dataset))
+    if settings.shard[1] == 1:
+        all_records = records.read_records(_record_files(workdir), missing_ok=True)
+        _write_summary(all_records, workdir)
+        return all_records
+    # Every worker's records so far; one worker at a time writes the summary.
+    with storage.WorkdirLock(workdir, ".npc_jax.summary.lock", wait=True):
+        all_records = records.read_records(_record_files(workdir), missing_ok=True)
+        _write_summary(all_records, workdir)
     return all_records
 
 

@@ -132,7 +132,9 @@ def pretrain(model: Model, config: ssl_pretrain.PretrainConfig, dataset: Dataset
         return result
     storage.check_writable_dir(path, what="the pretraining cache directory")
     log(f"pretraining cache miss: {path} (training {config.method}, {config.steps} steps)")
-    with storage.WorkdirLock(path):
+    # Waits for a process training the same entry (grid workers of one seed set
+    # start together), then loads what it wrote.
+    with storage.WorkdirLock(path, wait=True):
         if (path / _META).exists():   # another process finished it meanwhile
             return load_pretrained(path, model, dataset)
         return _train(model, config, dataset, path, seed=seed, checkpoint_every=checkpoint_every,

@@ -14,9 +14,11 @@ rules that keep them safe:
   cut off. Nothing that parses is ever dropped.
 * Appends write one whole line and fsync it; `write_atomically` replaces a
   file by rename, so a reader sees the old or the new bytes, never a mix.
-* **One process per workdir** (`WorkdirLock`): a second process started on a
-  workdir in use fails at once, naming the holder, instead of training twice
-  and appending duplicate records.
+* **One process per records file** (`WorkdirLock`): a second process started
+  on a workdir in use fails at once, naming the holder, instead of training
+  twice and appending duplicate records. The workers of a grid
+  (``config.shard``, `npc_jax.loop`) share the workdir and each lock their own
+  records file.
 """
 from __future__ import annotations
 
@@ -201,36 +203,58 @@ def check_writable_dir(path: str | os.PathLike, *, what: str = "--workdir") -> P
 
 
 class WorkdirLock:
-    """An exclusive, non-blocking lock on a workdir, held while a run writes to it.
+    """A non-blocking (or waiting), exclusive (or shared) lock on a workdir, held while
+    a run writes to it.
 
-    The lock is an ``flock`` on ``workdir/.npc_jax.lock``: the kernel releases it
-    when its process dies (a SIGKILL included), so a killed run never leaves a
-    stale lock behind. Use as a context manager.
+    The lock is an ``flock`` on ``workdir/<name>`` (by default ``.npc_jax.lock``,
+    the whole workdir): the kernel releases it when its process dies (a SIGKILL
+    included), so a killed run never leaves a stale lock behind. Use as a
+    context manager.
+
+    Args:
+      workdir: the directory holding the lock file.
+      name: the lock file; other names lock one part of a workdir (a grid
+        worker's records file, a seed's round-0 checkpoint).
+      shared: many holders at once (the workers of one grid on its workdir),
+        each excluding an exclusive holder.
+      wait: block until the lock is free instead of failing at once.
+      what: the thing in use, for the message (default: the workdir).
+      fix: what to do instead, for the message.
+      holder: who holds it, written into the lock file for the message of a
+        process that finds it busy (default ``pid <this process>``).
+
+    Raises (on entry):
+      WorkdirBusy: another process holds the lock (not with ``wait``).
     """
 
-    def __init__(self, workdir: str | os.PathLike):
-        self.path = Path(workdir) / LOCK_FILE
+    def __init__(self, workdir: str | os.PathLike, name: str = LOCK_FILE, *,
+                 shared: bool = False, wait: bool = False, what: str | None = None,
+                 fix: str = ("wait for it to finish, or use another --workdir (two processes "
+                             "on one workdir would train twice and append duplicate records)"),
+                 holder: str | None = None):
+        self.path = Path(workdir) / name
+        self.shared, self.wait, self.fix = shared, wait, fix
+        self.what = what or str(Path(workdir))
+        self.holder = holder
         self._handle = None
 
     def __enter__(self) -> "WorkdirLock":
         import fcntl  # POSIX only; imported here so the module imports everywhere
 
         handle = open(self.path, "a+")
+        mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, mode if self.wait else mode | fcntl.LOCK_NB)
         except OSError as error:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
             if error.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise WorkdirBusy(
-                    f"{self.path.parent} is in use by {holder}; wait for it to finish, or use "
-                    "another --workdir (two processes on one workdir would train twice and "
-                    "append duplicate records).") from None
+                raise WorkdirBusy(f"{self.what} is in use by {holder}; {self.fix}.") from None
             raise
         handle.seek(0)
         handle.truncate()
-        handle.write(f"pid {os.getpid()}\n")
+        handle.write(f"{self.holder or f'pid {os.getpid()}'}\n")
         handle.flush()
         self._handle = handle
         return self

@@ -6,10 +6,14 @@
 #
 # Needs: python3 with jax (CUDA), flax, optax, absl; ml_collections as a wheel
 # in .whl/ when missing; the Fashion-MNIST IDX files in $NPC_JAX_FASHION_MNIST_DIR
-# (default .gpudata/). One process per seed (each writes its own workdir, so
-# no two processes append to one results.jsonl); the records are gathered into
-# $OUT every 20 s, so a run cut short still returns every finished round, and
-# the CPU can resume from them (the config, and so its hash, is unchanged).
+# (default .gpudata/). The ASSL grid (strategies x seeds) runs as WORKERS
+# processes on one workdir, worker i with --config.shard=i/WORKERS (each takes
+# every WORKERS-th (seed, strategy) job and appends to its own
+# results.shard-i-of-N.jsonl; a worker started twice fails at once); ASL is one
+# more process. The records files are copied into $OUT every 20 s (l1_assl/, one
+# file per worker, and l1_asl.jsonl), so a run cut short still returns every
+# finished round, and the CPU can resume from them (the config, and so its
+# hash, is unchanged): copy them into a workdir and run the same command.
 set -u
 PY=${PY:-python3}
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
@@ -25,17 +29,19 @@ if ! $PY -c "import ml_collections" 2>/dev/null; then
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
 $PY -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())" 2>&1 | tee "$OUT/versions.txt"
-W=/tmp/l1; mkdir -p $W
+W=${W:-/tmp/l1}; mkdir -p $W "$OUT/l1_assl"
+SEEDS=$(echo ${SEEDS:-0 1 2} | tr ' ' ',')     # "3 4" or 3,4
+WORKERS=${WORKERS:-3}
 gather() {
-  cat $W/assl_s*/results.jsonl > "$OUT/l1_assl.jsonl" 2>/dev/null
-  cat $W/asl/results.jsonl > "$OUT/l1_asl.jsonl" 2>/dev/null
+  cp $W/assl/results*.jsonl "$OUT/l1_assl/" 2>/dev/null
+  cp $W/asl/results.jsonl "$OUT/l1_asl.jsonl" 2>/dev/null
   tail -n 400 $W/*.log > "$OUT/l1_logs.txt" 2>/dev/null
 }
 pids=()
-for seed in ${SEEDS:-0 1 2}; do
+for ((i = 0; i < WORKERS; i++)); do
   timeout $L1_SECONDS $PY experiments/assl.py --config experiments/configs/fmnist_assl.py \
-    --workdir $W/assl_s$seed --config.seeds=$seed --config.strategies=$STRATEGIES $EXTRA \
-    > $W/assl_s$seed.log 2>&1 &
+    --workdir $W/assl --config.seeds=$SEEDS --config.strategies=$STRATEGIES \
+    --config.shard=$i/$WORKERS $EXTRA > $W/assl_worker$i.log 2>&1 &
   pids+=($!)
 done
 timeout $L1_SECONDS $PY experiments/assl.py --config experiments/configs/fmnist_assl.py:asl \

@@ -14,14 +14,18 @@ Command:
     # a subset at a time, into the same workdir:
     python experiments/assl.py --config experiments/configs/cifar10_paper.py \
         --workdir runs/cifar10_paper --config.strategies=npc --config.seeds=0
+    # or split the 15 (strategy, seed) jobs over 4 GPUs, worker i on GPU i:
+    CUDA_VISIBLE_DEVICES=$i python experiments/assl.py \
+        --config experiments/configs/cifar10_paper.py --workdir runs/cifar10_paper \
+        --config.shard=$i/4          # for i in 0 1 2 3
 
 Runtime: one training is 2^20 FixMatch steps; the WRN-28-2 step measured on
 one H200 (experiments/bench_train.py --model wrn28_2, BENCHMARKS.md P5) is
 0.023 s in float32 and 0.012 s with --config.model_dtype=bfloat16, so 6.7 h
 (3.5 h) per training. A (strategy, seed) needs 3 trainings after the shared
 round 0 (5 trainings per seed): 5 x 3 x 3 + 3 x 5 = 60 trainings, ~17 days
-float32 (~9 days bf16) on one GPU; seeds and strategies can run in parallel
-processes, one per GPU. (Evaluation and acquisition add minutes per round.)
+float32 (~9 days bf16) on one GPU; the (strategy, seed) jobs run in parallel
+workers (config.shard), one per GPU. (Evaluation and acquisition add minutes per round.)
 
 Expected result (the paper's Table 1, test accuracy %, 3 trials, at 30/50/70):
     Passive 78.08 / 91.82 / 91.00      Margin 87.36 / 90.85 / 90.85
@@ -42,6 +46,7 @@ def get_config():
     config.mode = "assl"
     config.strategies = "passive,margin,albl,badge,npc"
     config.seeds = "0,1,2"
+    config.shard = ""                   # "i/N": worker i of N runs every N-th (seed, strategy)
     config.initial_labels = 10
     config.query_size = 20
     config.rounds = 3

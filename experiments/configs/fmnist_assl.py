@@ -41,6 +41,7 @@ def get_config(arg: str = "assl"):
     config.mode = arg
     config.strategies = "passive,npc"
     config.seeds = "0,1,2"
+    config.shard = ""                   # "i/N": worker i of N runs every N-th (seed, strategy)
     config.initial_labels = 10
     config.query_size = 20
     config.rounds = 3
