@@ -17,7 +17,12 @@ reached and the scores' quantiles. Rows:
 
 * last-<m>   NPC = random search (m batches) × last-layer kernel on logits (the paper)
 * probs-<m>  random search × last-layer kernel on softmax outputs
-* full-<m>   random search × full-network kernel (per-sample Jacobians)
+* full-<m>   random search × full-network kernel (per-sample Jacobians; screened:
+             a partial kernel ranks every batch, the best `screen_top` are scored exactly)
+* fullexact-<m>  the same with every batch scored exactly (`full_exact=True`)
+
+`--seeds 0,1,2` repeats every row per seed (labeled set and batch key change
+with the seed; the same trained weights).
 * search     NPCSearch = swap search (random 200 + greedy + swaps) × last layer, logits
 
 (kernels: `npc_jax.strategies.kernels`; searches: `npc_jax.strategies.search`.)
@@ -124,7 +129,8 @@ def worker(args):
         strategy = NPCSearch(num_candidates=1000, max_swaps=150, swap_candidates=128)
     else:
         kind, m = row.split("-")
-        options = {"last": {}, "probs": {"output": "probs"}, "full": {"kernel": "full"}}[kind]
+        options = {"last": {}, "probs": {"output": "probs"}, "full": {"kernel": "full"},
+                   "fullexact": {"kernel": "full", "full_exact": True}}[kind]
         strategy = NPC(num_candidates=int(m), **options)
     start = time.perf_counter()
     acquisition = strategy.select(jax.random.PRNGKey(args.seed + 7), ctx, pool, args.q)
@@ -145,6 +151,7 @@ def main(argv=None):
     parser.add_argument("--labeled", type=int, default=50)
     parser.add_argument("--q", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default=None, help="comma-separated; overrides --seed")
     parser.add_argument("--out", default="runs/bench_npc.json")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -153,22 +160,26 @@ def main(argv=None):
     if args.init == "trained" and not Path(args.weights).exists():
         train_weights(args)
     results = []
-    for row in args.rows.split(","):
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+    for seed, row in [(seed, row) for seed in seeds for row in args.rows.split(",")]:
         cmd = [sys.executable, __file__, "--worker", row, "--init", args.init,
                "--weights", args.weights, "--labeled", str(args.labeled), "--q", str(args.q),
-               "--seed", str(args.seed)]
+               "--seed", str(seed)]
+        load = os.getloadavg()[0]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
         if proc.returncode or not lines:
             print(f"{row}: failed\n{proc.stderr[-2000:]}")
             continue
         result = json.loads(lines[-1][len("RESULT "):])
+        result.update(seed=seed, load_before=load, load_after=os.getloadavg()[0])
         results.append(result)
         obj = result["objective"]
         extra = {k: obj[k] for k in ("start_lambda_min", "greedy_lambda_min", "swaps_accepted")
                  if k in obj}
         quant = obj.get("random_batches", {}).get("quantiles", {})
-        print(f"{row:12s} {result['seconds']:8.2f} s  rss {result['peak_rss_mb']:7.0f} MB  "
+        print(f"{row:12s} seed {seed} load {load:.1f} "
+              f"{result['seconds']:8.2f} s  rss {result['peak_rss_mb']:7.0f} MB  "
               f"λ_min {obj['lambda_min']:.5g}  median random {quant.get('0.5', float('nan')):.5g}"
               f"  {extra}", flush=True)
     meta = {"date": date.today().isoformat(), "cpus": os.cpu_count(),

@@ -38,7 +38,7 @@ from npc_jax.inference import check_finite, chunked_map, pad_rows
 
 __all__ = ["CLASSIFIER", "IMPLEMENTATIONS", "OUTPUTS", "SUBSETS", "empirical_ntk_fn",
            "gram_of_blocks", "jacobian_fn", "last_layer_feature_map", "last_layer_ntk",
-           "last_layer_probs_ntk", "ntk_fn", "softmax_jacobian_inner"]
+           "last_layer_probs_ntk", "ntk_fn", "patch_moments", "softmax_jacobian_inner"]
 
 CLASSIFIER = "classifier"  # the name of the last Dense in npc_jax.models
 
@@ -107,8 +107,10 @@ def _check(implementation, params_subset, output):
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"Unknown implementation {implementation!r}; choose one of "
                          f"{IMPLEMENTATIONS}.")
-    if params_subset not in SUBSETS:
-        raise ValueError(f"params_subset must be 'all' or 'last', got {params_subset!r}.")
+    names = isinstance(params_subset, tuple) and all(isinstance(n, str) for n in params_subset)
+    if not (names or params_subset in SUBSETS):
+        raise ValueError(f"params_subset must be 'all', 'last' or a tuple of layer names, got "
+                         f"{params_subset!r}.")
     if output not in OUTPUTS:
         raise ValueError(f"output must be 'logits' or 'probs', got {output!r}.")
     if implementation == "closed_form" and params_subset != "last":
@@ -122,6 +124,13 @@ def _split_params(variables, params_subset: str, last_layer: str):
     params = variables["params"]
     if params_subset == "all":
         return params, lambda diff: {**variables, "params": diff}
+    if isinstance(params_subset, tuple):   # top-level parameter collections by name
+        missing = sorted(set(params_subset) - set(params))
+        if missing:
+            raise ValueError(f"No layers named {missing} among the model's parameters "
+                             f"{sorted(params)}.")
+        diff = {name: params[name] for name in params_subset}
+        return diff, lambda d: {**variables, "params": {**params, **d}}
     if last_layer not in params:
         raise ValueError(f"No layer named {last_layer!r} among the model's parameters "
                          f"{sorted(params)}; pass last_layer=<name of the last Dense>.")
@@ -143,7 +152,10 @@ def jacobian_fn(apply_fn: Callable, *, params_subset: str = "all", output: str =
 
     Args:
       apply_fn: ``apply_fn(variables, x) -> (n, C)`` logits, inference mode.
-      params_subset: "all" or "last" (only ``variables["params"][last_layer]``).
+      params_subset: "all", "last" (only ``variables["params"][last_layer]``), or
+        a tuple of top-level layer names (only those layers' parameters: a
+        partial kernel, ⪯ the full one; the backward pass stops at the
+        earliest of them).
       output: "logits" or "probs" (softmax of the logits).
       structured: form Dense/Conv weight Jacobians from layer inputs and
         output cotangents (fast, see below); False: plain vmap of jacrev.
@@ -234,13 +246,9 @@ def _structured_layers(apply_fn, variables, x, diff_paths):
     return {p: v for p, v in found.items() if calls[p] == 1}
 
 
-def _layer_weight_jacobian(kind, mod, a, g):
-    """Per-sample Jacobian blocks of one layer's parameters.
-
-    a: (n, 1, *in) the layer's input; g: (n, C, 1, *out) ∂f/∂(layer output).
-    Returns a list of (n, C·p) arrays (kernel, then bias).
-    """
-    n, c = g.shape[:2]
+def _patches(kind, mod, a):
+    """A Dense/Conv layer's input a (n, 1, *in) as (n, S, k): S positions × k inputs each."""
+    n = a.shape[0]
     if kind == "conv":
         kh_kw = tuple(mod.kernel_size) if not isinstance(mod.kernel_size, int) else (
             mod.kernel_size,) * 2
@@ -249,9 +257,23 @@ def _layer_weight_jacobian(kind, mod, a, g):
         patches = jax.lax.conv_general_dilated_patches(
             a.reshape(a.shape[0], *a.shape[2:]), kh_kw, strides, mod.padding,
             dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        a = patches.reshape(n, -1, patches.shape[-1])           # (n, S, kh·kw·Cin)
-    else:
-        a = a.reshape(n, -1, a.shape[-1])                       # (n, S, F_in)
+        return patches.reshape(n, -1, patches.shape[-1])        # (n, S, kh·kw·Cin)
+    return a.reshape(n, -1, a.shape[-1])                        # (n, S, F_in)
+
+
+def _layer_weight_jacobian(kind, mod, a, g, basis=None):
+    """Per-sample Jacobian blocks of one layer's parameters.
+
+    a: (n, 1, *in) the layer's input; g: (n, C, 1, *out) ∂f/∂(layer output);
+    basis: None, or (k, r) orthonormal columns: the kernel's Jacobian is then
+    taken w.r.t. W = basis·Z (Z: r × out), i.e. the patches are projected on
+    the basis first (a partial kernel: J P Jᵀ ⪯ J Jᵀ, P the projection).
+    Returns a list of (n, C·p) arrays (kernel, then bias).
+    """
+    n, c = g.shape[:2]
+    a = _patches(kind, mod, a)
+    if basis is not None:
+        a = a @ basis                                           # (n, S, r)
     g = g.reshape(n, c, a.shape[1], g.shape[-1])                # (n, C, S, F_out)
     # Natural dot_general layout (n, k, C, o): the trace kernel is a full inner
     # product per sample, so any fixed order of the entries will do.
@@ -268,11 +290,13 @@ def _structured_jacobian_fn(apply_fn, params_subset, output, last_layer):
 
     softmax = output == "probs"
 
-    def jac(variables, x):
+    def jac(variables, x, bases=None):
         diff, rebuild = _split_params(variables, params_subset, last_layer)
         if not hasattr(diff, "items"):
+            if bases:
+                raise ValueError("bases need the structured Jacobian (Flax Dense/Conv layers).")
             return _plain_jacobian_fn(apply_fn, params_subset, output, last_layer)(variables, x)
-        prefix = () if params_subset == "all" else (last_layer,)
+        prefix = (last_layer,) if params_subset == "last" else ()
         flat = flatten_dict(diff)
         diff_paths = {prefix + k[:-1] for k in flat}
         layers = _structured_layers(apply_fn, variables, x, diff_paths)
@@ -303,13 +327,55 @@ def _structured_jacobian_fn(apply_fn, params_subset, output, last_layer):
         blocks = []
         for path in sorted(layers):
             kind, mod, _ = layers[path]
-            blocks += _layer_weight_jacobian(kind, mod, inputs[path], d_eps[path])
+            blocks += _layer_weight_jacobian(kind, mod, inputs[path], d_eps[path],
+                                             (bases or {}).get("/".join(path)))
         for key in sorted(d_other):
             leaf = d_other[key]                                 # (n, C, *shape)
             blocks.append(leaf.reshape(leaf.shape[0], -1))
         return blocks
 
     return jac
+
+
+def patch_moments(apply_fn: Callable, variables, x, weights=None, *, params_subset="all",
+                  last_layer: str = CLASSIFIER) -> dict:
+    """Second moments of the inputs of the Dense/Conv layers the structured Jacobian forms.
+
+    Args:
+      apply_fn, params_subset, last_layer: as in `jacobian_fn`.
+      x: (n, ...) float inputs.
+      weights: (n,) a weight per sample (e.g. 0 for padding); None: ones.
+
+    Returns:
+      {"/".join(layer path): (k, k) Σ over samples (weighted) and positions of a aᵀ}, a
+      the layer's input patch (k = kh·kw·C_in for a Conv, F_in for a Dense):
+      its leading eigenvectors are the `bases` a `jacobian_fn` Jacobian may
+      project on. Traceable (jit it).
+    """
+    import flax.linen as nn
+    from flax.traverse_util import flatten_dict
+
+    diff, _ = _split_params(variables, params_subset, last_layer)
+    prefix = (last_layer,) if params_subset == "last" else ()
+    paths = {prefix + k[:-1] for k in flatten_dict(diff)}
+    layers = _structured_layers(apply_fn, variables, x, paths)
+    inputs = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        mod = context.module
+        path = tuple(mod.scope.path) if context.method_name == "__call__" else None
+        if path in layers and type(mod) in (nn.Dense, nn.Conv):
+            inputs[path] = args[0]
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        apply_fn(variables, x)
+    moments = {}
+    for path, (kind, mod, _) in layers.items():
+        a = _patches(kind, mod, inputs[path][:, None])                  # (n, S, k)
+        w = jnp.ones(a.shape[0], a.dtype) if weights is None else weights
+        moments["/".join(path)] = jnp.einsum("n,nsk,nsl->kl", w, a, a)
+    return moments
 
 
 def _nvp_block_fn(apply_fn, params_subset, output, last_layer):

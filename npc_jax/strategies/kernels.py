@@ -20,7 +20,9 @@ Implementations, for C classes and D penultimate features:
 * `last_layer_kernel` output="probs": rep = ([h, 1] (n, D+1), p (n, C)),
   K = (h·h' + 1)·⟨J_p, J_p'⟩_F, J_p the softmax Jacobian (`npc_jax.ntk`).
 * `full_kernel`: rep = the per-sample Jacobian blocks (n, C·p_l), one per
-  parameter array, K = Σ_l J_l J_l'ᵀ (every parameter; `ntk.jacobian_fn`).
+  parameter array, K = Σ_l J_l J_l'ᵀ (every parameter; `ntk.jacobian_fn`);
+  it scores NPC's batches itself (``score``: images to Grams in one compiled
+  call per group of batches, after screening with a partial kernel).
 * `infinite_kernel`: the analytic NTK of an architecture (`npc_jax.infinite`,
   neural-tangents imported on first use only); rep = (images (n, H, W, C),
   content ids (n,), K(x, x) (n,)).
@@ -48,12 +50,13 @@ import numpy as np
 
 from npc_jax import ntk, spectral
 from npc_jax.data import images_to_float
-from npc_jax.inference import check_finite, chunked_map
+from npc_jax.inference import check_finite, chunked_map, pad_rows
 from npc_jax.strategies.base import AcquisitionContext
 from npc_jax.strategies.embedding import pool_embedding
 
-__all__ = ["KERNELS", "Kernel", "check_options", "dot_gram", "embedding_kernel",
-           "empirical_kernel", "feature_kernel", "full_kernel", "gram_kernel", "infinite_kernel",
+__all__ = ["KERNELS", "Kernel", "SCREEN_TOP", "check_options", "cosine_grams",
+           "default_screen_layers", "dot_gram", "embedding_kernel", "empirical_kernel",
+           "feature_kernel", "full_kernel", "gram_kernel", "infinite_kernel",
            "last_layer_kernel", "normalized", "precomputed", "probs_gram", "unit_rows"]
 
 KERNELS = ("last", "full")   # NPC's finite-network kernels (option `kernel`)
@@ -66,6 +69,10 @@ class Kernel(NamedTuple):
     diagonal: Callable    # rep -> (n,) numpy, K(x, x)
     float64: bool = False
     max_points: int | None = None
+    # score(labeled (L,), batches (m, q), *, normalize=False) -> (m,) λ_min: a kernel
+    # that scores NPC's candidate batches itself (`full_kernel`); None: searches
+    # assemble the Grams from represent / cross / within.
+    score: Callable | None = None
 
 
 def check_options(kernel: str, output: str) -> None:
@@ -195,45 +202,224 @@ def last_layer_kernel(ctx: AcquisitionContext, *, output: str = "logits",
                        float64=float64, what="features (the model's penultimate layer)")
 
 
-@functools.lru_cache(maxsize=8)
-def _jacobian_jit(apply_fn, output):
-    jac = ntk.jacobian_fn(apply_fn, output=output, flatten=False)
-    return jax.jit(lambda variables, x: jac(variables, images_to_float(x)))
+SCREEN_TOP = 50          # full_kernel: batches scored exactly after screening
+SCREEN_FRACTION = 0.99   # default_screen_layers: share of the parameters in the screen
+SCREEN_ENERGY = 0.05     # full_kernel: patch energy the screen's projections may drop
+
+
+def default_screen_layers(params, fraction: float = SCREEN_FRACTION) -> tuple[str, ...]:
+    """The screening kernel's layers: the shortest run of last layers holding ≥ `fraction`.
+
+    Layers are the top-level parameter collections, in the order Flax creates
+    them (the call order of a compact module). The first layers hold few
+    parameters and need the longest backward pass: for the small CNN at 0.99
+    the screen drops conv0 and bn0 (0.3 % of the parameters, 6 % of the
+    kernel's trace, half of the backward pass).
+    """
+    names = list(params)
+    sizes = [sum(int(np.size(a)) for a in jax.tree_util.tree_leaves(params[n])) for n in names]
+    total, held = sum(sizes), 0
+    for i in range(len(names) - 1, -1, -1):
+        held += sizes[i]
+        if held >= fraction * total:
+            return tuple(names[i:])
+    return tuple(names)
+
+
+@functools.lru_cache(maxsize=16)
+def _jacobian_jit(apply_fn, output, params_subset="all"):
+    jac = ntk.jacobian_fn(apply_fn, output=output, params_subset=params_subset, flatten=False)
+    return jax.jit(lambda variables, x, bases=None: jac(variables, images_to_float(x),
+                                                        bases=bases))
+
+
+@functools.lru_cache(maxsize=16)
+def _moments_jit(apply_fn, params_subset):
+    return jax.jit(lambda variables, x, weights: ntk.patch_moments(
+        apply_fn, variables, images_to_float(x), weights, params_subset=params_subset))
+
+
+def patch_bases(ctx: AcquisitionContext, indices, params_subset, *,
+                energy: float) -> dict:
+    """{layer: (k, r) orthonormal} the leading eigenvectors of each Dense/Conv layer's input
+    patches over the points `indices`, r the fewest keeping ≥ 1 − energy of their trace."""
+    moments_fn, size, total = _moments_jit(ctx.model.apply_fn, params_subset), 64, {}
+    indices = np.asarray(indices, np.int64)
+    for start in range(0, len(indices), size):   # padded chunks, padding weighted 0
+        part = indices[start:start + size]
+        weights = (np.arange(size) < len(part)).astype(np.float32)
+        chunk = moments_fn(ctx.variables, ctx.images[pad_rows(part, size)], weights)
+        for name, m in chunk.items():
+            total[name] = total.get(name, 0) + np.asarray(m, np.float64)
+    bases = {}
+    for name, m in total.items():
+        values, vectors = np.linalg.eigh(m)
+        values, vectors = values[::-1], vectors[:, ::-1]
+        kept = np.cumsum(values) >= (1 - energy) * values.sum()
+        rank = int(np.argmax(kept)) + 1 if energy > 0 and kept.any() else len(values)
+        if rank < len(values):
+            bases[name] = jnp.asarray(vectors[:, :rank], jnp.float32)
+    return bases
+
+
+@functools.lru_cache(maxsize=16)
+def _batch_grams_jit(apply_fn, output, params_subset, float64):
+    """jit of ``(variables, jac_l, x (b, q, H, W, C)) -> (K_bL (b, q, L), K_bb (b, q, q))``.
+
+    One compiled call per group of b candidate batches: the b·q points'
+    Jacobian blocks and their Grams against the labeled points' blocks jac_l
+    [(L, C·p_l), ...] and within each batch. Fused, no Jacobian leaves the
+    call: no host copies, gathers or padding of C·P floats per point (measured
+    on the small CNN, 2 cores: 15 ms per point vs 58 ms as Jacobians, then
+    `cross` and `within` of them; runs/prof, BENCHMARKS.md P2).
+    """
+    jac = ntk.jacobian_fn(apply_fn, output=output, params_subset=params_subset, flatten=False)
+
+    def grams(variables, jac_l, x, bases):
+        b, q = x.shape[:2]
+        blocks = jac(variables, images_to_float(x.reshape(b * q, *x.shape[2:])), bases=bases)
+        if float64:
+            blocks = [u.astype(jnp.float64) for u in blocks]
+        per_batch = [u.reshape(b, q, -1) for u in blocks]
+        return dot_gram(blocks, jac_l).reshape(b, q, -1), dot_gram(per_batch, per_batch)
+
+    return jax.jit(grams)
+
+
+def cosine_grams(grams: np.ndarray) -> np.ndarray:
+    """(..., n, n) Grams K -> K_ij / √(K_ii K_jj), K_ii clamped at 1e-30 as in `normalized`."""
+    d = np.sqrt(np.maximum(np.diagonal(grams, axis1=-2, axis2=-1), 1e-30))
+    return grams / (d[..., :, None] * d[..., None, :])
+
+
+def _assembled(k_ll, k_bl, k_bb):
+    """(b, L+q, L+q) [[K_LL, K_Lb], [K_bL, K_bb]] (as `search.assemble_grams`)."""
+    b, q, n_l = k_bl.shape
+    grams = np.empty((b, n_l + q, n_l + q), np.result_type(k_ll, k_bl, k_bb))
+    grams[:, :n_l, :n_l] = k_ll
+    grams[:, n_l:, :n_l] = k_bl
+    grams[:, :n_l, n_l:] = np.swapaxes(k_bl, 1, 2)
+    grams[:, n_l:, n_l:] = k_bb
+    return grams
+
+
+def _fused_scores(ctx, output, params_subset, *, points_per_call, jacobian_chunk, float64):
+    """``scores(labeled (L,), batches (m, q), normalize) -> (m,) λ_min`` of the empirical
+    NTK of `params_subset`, each group of batches in one `_batch_grams_jit` call."""
+    grams_fn = _batch_grams_jit(ctx.model.apply_fn, output, params_subset, bool(float64))
+    jacobians = functools.partial(_jacobian_jit(ctx.model.apply_fn, output, params_subset),
+                                  ctx.variables)
+    dtype = np.float64 if float64 else np.float32
+    what = "gradients (the model's Jacobians)"
+
+    def scores(labeled, batches, normalize=False, bases=None):
+        m, q = batches.shape
+        out = []
+        bases = bases or {}
+        with spectral.enable_x64() if float64 else contextlib.nullcontext():
+            jac_l = chunked_map(functools.partial(jacobians, bases=bases), ctx.images[labeled],
+                                chunk_size=jacobian_chunk)
+            for r in jac_l:
+                check_finite(r, what, indices=labeled)
+            jac_l = [jnp.asarray(np.asarray(r, dtype)) for r in jac_l]
+            k_ll = np.asarray(dot_gram(jac_l, jac_l))
+            group = max(1, min(m, points_per_call // q))
+            for start in range(0, m, group):
+                part = batches[start:start + group]
+                k_bl, k_bb = grams_fn(ctx.variables, jac_l, ctx.images[pad_rows(part, group)],
+                                      bases)
+                grams = _assembled(k_ll, np.asarray(k_bl)[:len(part)],
+                                   np.asarray(k_bb)[:len(part)])
+                check_finite(grams, what, fix="check the training loss and the inputs")
+                grams = cosine_grams(grams) if normalize else grams
+                out.append(spectral.min_eigenvalue(grams, float64=float64))
+        return np.concatenate(out) if out else np.zeros((0,), dtype)
+
+    return scores
 
 
 def full_kernel(ctx: AcquisitionContext, *, output: str = "logits", jacobian_chunk: int = 32,
-                memory_mb: float = 1024, float64: bool = False) -> Kernel:
+                memory_mb: float = 1024, float64: bool = False, exact: bool = False,
+                screen_top: int = SCREEN_TOP, screen_layers: tuple[str, ...] | None = None,
+                screen_energy: float = SCREEN_ENERGY) -> Kernel:
     """The whole network's trace-NTK: reps are per-sample Jacobian blocks (n, C·p_l).
+
+    NPC scores candidate batches through the kernel's `score`: each group of
+    batches goes through one compiled call from images to Grams
+    (`_batch_grams_jit`). By default it first *screens*: every batch is scored
+    with a partial kernel K_S: the Jacobians of the layers `screen_layers`
+    only (the backward pass stops at the earliest of them), each Dense/Conv
+    weight Jacobian taken w.r.t. the leading principal directions of its
+    layer's input patches (those keeping 1 − `screen_energy` of the patches'
+    energy over the labeled points and the first candidates: a 288 → r
+    projection costs r/288 of the weight Jacobian and its Grams). Only the
+    `screen_top` best by that score are scored with the full kernel K. K_S =
+    J P Jᵀ for a projection P of parameter space, so K_S ⪯ K and λ_min(K_S) ≤
+    λ_min(K): the returned scores are exact for the screened-in batches and
+    lower bounds for the rest, and the best score is always an exact one.
+    Whether the exact best batch is screened in is measured, not guaranteed
+    (BENCHMARKS.md P2: on 5 acquisitions of the 60k pool, ...).
 
     Args:
       ctx: the model, its variables and the pool's images.
       output: "logits" or "probs".
-      jacobian_chunk: samples per compiled Jacobian call (and per `cross` call).
-      memory_mb: the Jacobians a search may hold at once: max_points =
-        memory_mb / (C·P·4 bytes), P the number of parameters.
+      jacobian_chunk: samples per compiled Jacobian call of `represent`.
+      memory_mb: the Jacobians held at once: max_points = memory_mb / (C·P·4
+        bytes), P the number of parameters; a scoring call takes half as many
+        points (its Jacobians and their intermediates).
       float64: Grams in float64 (the Jacobians themselves are float32).
+      exact: score every batch with the full kernel (no screening).
+      screen_top: batches scored exactly after screening.
+      screen_layers: names of the layers (top-level parameter collections) of
+        the screening kernel; None: `default_screen_layers` of the model.
     """
     check_options("full", output)
-    jacobians = functools.partial(_jacobian_jit(ctx.model.apply_fn, output), ctx.variables)
-    width = ctx.num_classes * sum(int(np.size(a)) for a in
-                                  jax.tree_util.tree_leaves(ctx.variables["params"]))
+    apply_fn = ctx.model.apply_fn
+    jacobians = functools.partial(_jacobian_jit(apply_fn, output), ctx.variables)
+    params = ctx.variables["params"]
+    width = ctx.num_classes * sum(int(np.size(a)) for a in jax.tree_util.tree_leaves(params))
+    max_points = max(1, int(memory_mb * 2 ** 20 // (width * 4)))
+    options = dict(jacobian_chunk=jacobian_chunk, float64=float64)
+    exact_scores = _fused_scores(ctx, output, "all", points_per_call=max(1, max_points // 2),
+                                 **options)
+    layers = default_screen_layers(params) if screen_layers is None else tuple(screen_layers)
+    screen_width = ctx.num_classes * sum(int(np.size(a)) for name in layers
+                                         for a in jax.tree_util.tree_leaves(params[name]))
+    screen_scores = _fused_scores(
+        ctx, output, layers, points_per_call=max(1, int(memory_mb * 2 ** 20 // (
+            max(screen_width, 1) * 8))), **options)
 
     def represent(indices):
         return tuple(chunked_map(jacobians, ctx.images[indices], chunk_size=jacobian_chunk))
 
-    return gram_kernel(represent, dot_gram, float64=float64,
-                       max_points=max(1, int(memory_mb * 2 ** 20 // (width * 4))),
+    def score(labeled, batches, *, normalize=False):
+        labeled = np.asarray(labeled, np.int64)
+        batches = np.asarray(batches, np.int64)
+        if exact or normalize or screen_top >= len(batches):
+            return exact_scores(labeled, batches, normalize)
+        sample = np.unique(np.concatenate([labeled, batches.ravel()[:256]]))
+        bases = patch_bases(ctx, sample, layers, energy=screen_energy)
+        scores = screen_scores(labeled, batches, bases=bases)
+        scores = scores.astype(np.float64 if float64 else np.float32)
+        top = np.argsort(-scores, kind="stable")[:screen_top]
+        scores[top] = exact_scores(labeled, batches[top])
+        return scores
+
+    base = gram_kernel(represent, dot_gram, float64=float64, max_points=max_points,
                        row_chunk=jacobian_chunk, what="gradients (the model's Jacobians)")
+    return base._replace(score=score)
 
 
 def empirical_kernel(ctx: AcquisitionContext, *, kernel: str = "last", output: str = "logits",
                      normalize: bool = False, jacobian_chunk: int = 32,
-                     memory_mb: float = 1024, float64: bool | None = None) -> Kernel:
+                     memory_mb: float = 1024, float64: bool | None = None,
+                     full_exact: bool = False, screen_top: int = SCREEN_TOP) -> Kernel:
     """NPC's finite-network kernel from the strategies' options.
 
-    kernel="last" → `last_layer_kernel`, "full" → `full_kernel`; `normalize`
-    wraps it in `normalized`; float64=None means True for "last", False for
-    "full" (the strategies' default, see `npc_jax.strategies.npc.NPC`).
+    kernel="last" → `last_layer_kernel`, "full" → `full_kernel` (full_exact →
+    its `exact`, screen_top → its `screen_top`); `normalize` wraps it in
+    `normalized`; float64=None means True for "last", False for "full" (the
+    strategies' default, see `npc_jax.strategies.npc.NPC`).
     """
     check_options(kernel, output)
     float64 = (kernel == "last") if float64 is None else bool(float64)
@@ -241,7 +427,8 @@ def empirical_kernel(ctx: AcquisitionContext, *, kernel: str = "last", output: s
         base = last_layer_kernel(ctx, output=output, float64=float64)
     else:
         base = full_kernel(ctx, output=output, jacobian_chunk=jacobian_chunk,
-                           memory_mb=memory_mb, float64=float64)
+                           memory_mb=memory_mb, float64=float64, exact=bool(full_exact),
+                           screen_top=int(screen_top))
     return normalized(base) if normalize else base
 
 
@@ -318,7 +505,10 @@ def normalized(kernel: Kernel) -> Kernel:
     def diagonal(rep):
         return np.where(rep[-1] > 1e-15, 1.0, 0.0).astype(rep[-1].dtype)
 
-    return kernel._replace(represent=represent, cross=cross, within=within, diagonal=diagonal)
+    # A kernel that scores batches itself normalises its Grams (`cosine_grams`).
+    score = None if kernel.score is None else functools.partial(kernel.score, normalize=True)
+    return kernel._replace(represent=represent, cross=cross, within=within, diagonal=diagonal,
+                           score=score)
 
 
 def precomputed(kernel: Kernel, indices) -> Kernel:
@@ -330,8 +520,9 @@ def precomputed(kernel: Kernel, indices) -> Kernel:
     point once. Memory: the n points' representations.
     """
     rep = kernel.represent(np.asarray(indices, np.int64))
-    return kernel._replace(
-        represent=lambda positions: tuple(r[np.asarray(positions, np.int64)] for r in rep))
+    return kernel._replace(   # score takes pool indices: not for positions
+        represent=lambda positions: tuple(r[np.asarray(positions, np.int64)] for r in rep),
+        score=None)
 
 
 # -- infinite width ------------------------------------------------------------------------

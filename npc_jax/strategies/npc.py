@@ -97,6 +97,11 @@ class NPC(KernelSearch):
         round-off tolerance n·eps ≈ 8e-6 at n = 70, so in float32 every batch
         would score 0 and NPC would pick the first one; float64 resolves it
         for a few ms more per 1000 batches.
+      full_exact: kernel="full" only: score every batch with the full kernel;
+        False (default): screen with a cheaper partial kernel ⪯ the full one and
+        score the `screen_top` best exactly (`kernels.full_kernel`; the pick's
+        λ_min is exact, the other scores are lower bounds).
+      screen_top: kernel="full": batches scored exactly after screening.
       kernel_fn: inject a kernel, see `KernelSearch`.
     """
 
@@ -105,13 +110,15 @@ class NPC(KernelSearch):
     def __init__(self, num_candidates: int | str = 1000, kernel: str = "last",
                  output: str = "logits", normalize: bool = False, chunk_size: int = 128,
                  jacobian_chunk: int = 32, memory_mb: float = 1024,
-                 float64: bool | None = None,
+                 float64: bool | None = None, full_exact: bool = False,
+                 screen_top: int = kernels.SCREEN_TOP,
                  kernel_fn: Callable[[AcquisitionContext], Kernel] | None = None):
         check_num_candidates(num_candidates)
         kernels.check_options(kernel, output)
         make_kernel = functools.partial(
             kernels.empirical_kernel, kernel=kernel, output=output, normalize=bool(normalize),
-            jacobian_chunk=int(jacobian_chunk), memory_mb=float(memory_mb), float64=float64)
+            jacobian_chunk=int(jacobian_chunk), memory_mb=float(memory_mb), float64=float64,
+            full_exact=bool(full_exact), screen_top=int(screen_top))
         self.num_candidates = num_candidates
         self.kernel, self.output, self.normalize = kernel, output, bool(normalize)
         super().__init__(make_kernel,

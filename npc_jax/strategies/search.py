@@ -129,6 +129,8 @@ def score_batches(kernel: Kernel, labeled, batches, *, chunk_size: int = 128) ->
     m, q = batches.shape
     if m == 0:
         return np.zeros((0,), np.float64 if kernel.float64 else np.float32)
+    if kernel.score is not None:   # the kernel scores batches itself (kernels.full_kernel)
+        return kernel.score(labeled, batches)
     group = m if kernel.max_points is None else max(
         1, min(chunk_size, kernel.max_points // (2 * q)))
     chunk = min(chunk_size, group)
