@@ -358,7 +358,9 @@ def full_kernel(ctx: AcquisitionContext, *, output: str = "logits", jacobian_chu
     λ_min(K): the returned scores are exact for the screened-in batches and
     lower bounds for the rest, and the best score is always an exact one.
     Whether the exact best batch is screened in is measured, not guaranteed
-    (BENCHMARKS.md P2: on 5 acquisitions of the 60k pool, ...).
+    (BENCHMARKS.md P2 full: 5 acquisitions on the 60k pool, m = 1000: the
+    exact pick 4 times, a batch at 99.49 % of its λ_min once; 66 s vs 145 s
+    for `exact=True` on 2 loaded cores).
 
     Args:
       ctx: the model, its variables and the pool's images.
