@@ -283,6 +283,24 @@ def _layer_weight_jacobian(kind, mod, a, g, basis=None):
     return blocks
 
 
+def _recording_interceptor(layers: dict, inputs: dict, eps: dict | None = None):
+    """A flax method interceptor: records the input of every structured Dense/Conv
+    layer of `layers` in `inputs` and, with `eps`, adds ``eps[path]`` to its output
+    (the zero handle through which the output cotangents are differentiated)."""
+    import flax.linen as nn
+
+    def interceptor(next_fun, args, kwargs, context):
+        mod = context.module
+        path = tuple(mod.scope.path) if context.method_name == "__call__" else None
+        if path in layers and type(mod) in (nn.Dense, nn.Conv):
+            inputs[path] = args[0]
+            out = next_fun(*args, **kwargs)
+            return out if eps is None else out + eps[path]
+        return next_fun(*args, **kwargs)
+
+    return interceptor
+
+
 def _structured_jacobian_fn(apply_fn, params_subset, output, last_layer):
     """jac(variables, x) -> list of (n, C·p_l) blocks whose Gram sum is the kernel."""
     import flax.linen as nn
@@ -305,14 +323,7 @@ def _structured_jacobian_fn(apply_fn, params_subset, output, last_layer):
 
         def single(eps, other_params, x1):
             inputs = {}
-
-            def interceptor(next_fun, args, kwargs, context):
-                mod = context.module
-                path = tuple(mod.scope.path) if context.method_name == "__call__" else None
-                if path in layers and type(mod) in (nn.Dense, nn.Conv):
-                    inputs[path] = args[0]
-                    return next_fun(*args, **kwargs) + eps[path]
-                return next_fun(*args, **kwargs)
+            interceptor = _recording_interceptor(layers, inputs, eps)
 
             params = unflatten_dict({**flat, **other_params})
             with nn.intercept_methods(interceptor):
@@ -360,15 +371,7 @@ def patch_moments(apply_fn: Callable, variables, x, weights=None, *, params_subs
     paths = {prefix + k[:-1] for k in flatten_dict(diff)}
     layers = _structured_layers(apply_fn, variables, x, paths)
     inputs = {}
-
-    def interceptor(next_fun, args, kwargs, context):
-        mod = context.module
-        path = tuple(mod.scope.path) if context.method_name == "__call__" else None
-        if path in layers and type(mod) in (nn.Dense, nn.Conv):
-            inputs[path] = args[0]
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(interceptor):
+    with nn.intercept_methods(_recording_interceptor(layers, inputs)):
         apply_fn(variables, x)
     moments = {}
     for path, (kind, mod, _) in layers.items():

@@ -54,7 +54,7 @@ from npc_jax.inference import check_finite, chunked_map, pad_rows
 from npc_jax.strategies.base import AcquisitionContext
 from npc_jax.strategies.embedding import pool_embedding
 
-__all__ = ["KERNELS", "Kernel", "SCREEN_TOP", "check_options", "cosine_grams",
+__all__ = ["KERNELS", "Kernel", "assemble_grams", "SCREEN_TOP", "check_options", "cosine_grams",
            "default_screen_layers", "dot_gram", "embedding_kernel", "empirical_kernel",
            "feature_kernel", "full_kernel", "gram_kernel", "infinite_kernel",
            "last_layer_kernel", "normalized", "precomputed", "probs_gram", "unit_rows"]
@@ -292,8 +292,14 @@ def cosine_grams(grams: np.ndarray) -> np.ndarray:
     return grams / (d[..., :, None] * d[..., None, :])
 
 
-def _assembled(k_ll, k_bl, k_bb):
-    """(b, L+q, L+q) [[K_LL, K_Lb], [K_bL, K_bb]] (as `search.assemble_grams`)."""
+def assemble_grams(k_ll: np.ndarray, k_bl: np.ndarray, k_bb: np.ndarray) -> np.ndarray:
+    """(b, L+q, L+q) Grams [[K_LL, K_Lb], [K_bL, K_bb]].
+
+    Args:
+      k_ll: (L, L) the labeled block, shared by every batch.
+      k_bl: (b, q, L) each batch against the labeled points.
+      k_bb: (b, q, q) each batch with itself.
+    """
     b, q, n_l = k_bl.shape
     grams = np.empty((b, n_l + q, n_l + q), np.result_type(k_ll, k_bl, k_bb))
     grams[:, :n_l, :n_l] = k_ll
@@ -328,7 +334,7 @@ def _fused_scores(ctx, output, params_subset, *, points_per_call, jacobian_chunk
                 part = batches[start:start + group]
                 k_bl, k_bb = grams_fn(ctx.variables, jac_l, ctx.images[pad_rows(part, group)],
                                       bases)
-                grams = _assembled(k_ll, np.asarray(k_bl)[:len(part)],
+                grams = assemble_grams(k_ll, np.asarray(k_bl)[:len(part)],
                                    np.asarray(k_bb)[:len(part)])
                 check_finite(grams, what, fix="check the training loss and the inputs")
                 grams = cosine_grams(grams) if normalize else grams

@@ -30,9 +30,9 @@ from npc_jax import spectral
 from npc_jax.data import Pool
 from npc_jax.inference import chunked_map, numpy_rng
 from npc_jax.strategies.base import check_query
-from npc_jax.strategies.kernels import Kernel, precomputed
+from npc_jax.strategies.kernels import Kernel, assemble_grams, precomputed
 
-__all__ = ["SearchResult", "assemble_grams", "candidate_batches", "check_num_candidates",
+__all__ = ["SearchResult", "candidate_batches", "check_num_candidates",
            "random_search", "residuals", "sample_batches", "score_batches", "score_summary",
            "swap_search"]
 
@@ -86,23 +86,6 @@ def score_summary(scores: np.ndarray) -> dict:
 
 
 # -- scoring -----------------------------------------------------------------------------
-
-
-def assemble_grams(k_ll: np.ndarray, k_bl: np.ndarray, k_bb: np.ndarray) -> np.ndarray:
-    """(b, L+q, L+q) Grams [[K_LL, K_Lb], [K_bL, K_bb]].
-
-    Args:
-      k_ll: (L, L) the labeled block, shared by every batch.
-      k_bl: (b, q, L) each batch against the labeled points.
-      k_bb: (b, q, q) each batch with itself.
-    """
-    b, q, n_l = k_bl.shape
-    grams = np.empty((b, n_l + q, n_l + q), np.result_type(k_ll, k_bl, k_bb))
-    grams[:, :n_l, :n_l] = k_ll
-    grams[:, n_l:, :n_l] = k_bl
-    grams[:, :n_l, n_l:] = np.swapaxes(k_bl, 1, 2)
-    grams[:, n_l:, n_l:] = k_bb
-    return grams
 
 
 def score_batches(kernel: Kernel, labeled, batches, *, chunk_size: int = 128) -> np.ndarray:
