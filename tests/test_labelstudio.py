@@ -4,6 +4,7 @@ A session fixture starts label-studio on localhost (sqlite in a temporary data
 dir, a free port; tests/labelstudio_server.py); annotations are posted through
 the REST API with an annotator's token, as the labelling view does.
 """
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -21,6 +22,8 @@ pytestmark = pytest.mark.skipif(
     EXE is None, reason="label-studio is not installed: scripts/setup.sh makes "
     ".venv-labelstudio (or pip install -e .[labelstudio]; or set NPC_JAX_LABEL_STUDIO)")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# The README's screenshot; the test refreshes it only when asked
+# (NPC_JAX_UPDATE_SCREENSHOT=1), so a test run never modifies the checkout.
 SCREENSHOT = ROOT / "docs" / "labelstudio_query.png"
 
 
@@ -207,8 +210,11 @@ def test_tasks_render_their_images_in_the_labelling_view(server, dataset, tmp_pa
             ".some(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
         natural = image.evaluate("i => [i.naturalWidth, i.naturalHeight]")
         assert natural == [28, 28]
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT))
+        update = os.environ.get("NPC_JAX_UPDATE_SCREENSHOT")
+        target = SCREENSHOT if update else tmp_path / "query.png"
+        target.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(target))
+        assert target.stat().st_size > 0
         shown = page.locator("body").inner_text()
         assert [n for n in names if n not in shown] == []   # every class is a choice
         browser.close()
