@@ -582,12 +582,10 @@ def _run_locked(settings: RunSettings, workdir: Path, *, progress: bool | None,
             raise labelling.LabelsNeeded(labelling.export_query(
                 workdir, request, dataset.x_train, num_classes=dataset.num_classes,
                 class_names=class_names, dataset=settings.dataset))
-    if settings.shard[1] == 1:
-        all_records = records.read_records(_record_files(workdir), missing_ok=True)
-        _write_summary(all_records, workdir)
-        return all_records
-    # Every worker's records so far; one worker at a time writes the summary.
-    with storage.WorkdirLock(workdir, ".npc_jax.summary.lock", wait=True):
+    # Every worker's records so far; with workers, one at a time writes the summary.
+    summary_lock = (contextlib.nullcontext() if settings.shard[1] == 1 else
+                    storage.WorkdirLock(workdir, ".npc_jax.summary.lock", wait=True))
+    with summary_lock:
         all_records = records.read_records(_record_files(workdir), missing_ok=True)
         _write_summary(all_records, workdir)
     return all_records
