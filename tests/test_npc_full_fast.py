@@ -15,22 +15,17 @@ import pytest
 
 from npc_jax import ntk, spectral
 from npc_jax.data import Pool, images_to_float
-from npc_jax.models import get_model
 from npc_jax.strategies import AcquisitionContext, kernels
 from npc_jax.strategies.npc import NPC, candidate_batches
+
+import toy_config
 
 C = 4
 
 
 @pytest.fixture(scope="module")
 def setup():
-    model = get_model("cnn", C, (10, 10, 1), widths=(4, 8, 8, 16), feature_dim=24)
-    variables = model.init(jax.random.PRNGKey(0))
-    rng = np.random.default_rng(1)
-    images = (rng.uniform(size=(40, 10, 10, 1))
-              < rng.uniform(0.05, 0.95, (40, 1, 1, 1))).astype(np.float32)
-    ctx = AcquisitionContext(model, variables, images, np.full(40, -1), batch_size=16)
-    return model, variables, images, ctx
+    return toy_config.tiny_cnn_context(C, 40, widths=(4, 8, 8, 16))
 
 
 def _lambda_min(k, labeled, batches):

@@ -9,6 +9,8 @@ from npc_jax.models import get_model
 from npc_jax.strategies import AcquisitionContext, available, make_strategy
 from npc_jax.strategies.npc import NPC
 
+import toy_config
+
 C = 4
 
 
@@ -17,13 +19,7 @@ def setup():
     # 32 channels into the pooling and binary images of varied density: the
     # last-layer kernels' λ_min are then >= 9e-5·max|K| (a random-init net on
     # uniform noise gives 1e-7, below float32's resolution of the features).
-    model = get_model("cnn", C, (10, 10, 1), widths=(4, 8, 8, 32), feature_dim=24)
-    variables = model.init(jax.random.PRNGKey(0))
-    rng = np.random.default_rng(1)
-    images = (rng.uniform(size=(30, 10, 10, 1))
-              < rng.uniform(0.05, 0.95, (30, 1, 1, 1))).astype(np.float32)
-    ctx = AcquisitionContext(model, variables, images, np.full(30, -1), batch_size=16)
-    return model, variables, images, ctx
+    return toy_config.tiny_cnn_context(C, 30, widths=(4, 8, 8, 32))
 
 
 def _reference(model, variables, images, kernel, output, normalize):

@@ -21,6 +21,23 @@ def write_bar_dataset(path, *, n_train=160, n_test=40, classes=4, seed=0):
     return path
 
 
+def tiny_cnn_context(num_classes: int, num_images: int, widths: tuple[int, ...]):
+    """(model, variables, images, ctx): a randomly initialised small CNN on (num_images,
+    10, 10, 1) binary images of varied density, no label visible, for strategy tests."""
+    import jax   # imported here: the command line reads this file as a config
+
+    from npc_jax.models import get_model
+    from npc_jax.strategies import AcquisitionContext
+
+    model = get_model("cnn", num_classes, (10, 10, 1), widths=widths, feature_dim=24)
+    variables = model.init(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(1)
+    images = (rng.uniform(size=(num_images, 10, 10, 1))
+              < rng.uniform(0.05, 0.95, (num_images, 1, 1, 1))).astype(np.float32)
+    ctx = AcquisitionContext(model, variables, images, np.full(num_images, -1), batch_size=16)
+    return model, variables, images, ctx
+
+
 def get_config():
     return ml_collections.ConfigDict({
         "dataset": "npz:REPLACE_ME", "data_dir": "", "model": "cnn", "mode": "assl",
