@@ -19,6 +19,13 @@ outputs are gathered to the host. Every pool pass (inference, the baselines'
 scores, the embeddings, kernel blocks) therefore uses every device. With one
 device nothing changes: same chunk size, plain numpy chunks.
 
+Processes. In a multi-process run (`npc_jax.distributed`, one process per
+host) `device_mesh` is the mesh of every device of every process: each
+process places only its own rows of each chunk
+(``jax.make_array_from_process_local_data``, reading only those rows of the
+input arrays) and the outputs are all-gathered, so every process gets the
+same outputs.
+
 Also here, because every layer above needs them: `check_finite` (the one
 NaN/inf guard, naming the rows and the fix), `numpy_rng` (a numpy
 Generator from a JAX key, for host-side sampling) and `local_mesh` (the 1-D
@@ -33,13 +40,14 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from npc_jax import distributed
 from npc_jax.data import images_to_float
 
 if TYPE_CHECKING:   # the type only: inference stays free of flax
     from npc_jax.models import Model
 
-__all__ = ["NonFiniteError", "batched_apply", "check_finite", "chunked_map", "evaluate",
-           "local_mesh", "numpy_rng", "pad_rows", "predict"]
+__all__ = ["NonFiniteError", "batched_apply", "check_finite", "chunked_map", "device_mesh",
+           "evaluate", "local_mesh", "numpy_rng", "pad_rows", "predict"]
 
 
 class NonFiniteError(FloatingPointError, ValueError):
@@ -106,11 +114,30 @@ def local_mesh(devices: int = 0, axis: str = "rows") -> Mesh | None:
     return None if len(chosen) == 1 else Mesh(np.array(chosen), (axis,))
 
 
+def device_mesh(devices: int = 0, axis: str = "rows") -> Mesh | None:
+    """The mesh that pool passes and training shard over.
+
+    `local_mesh(devices, axis)`, except in a multi-process run
+    (`npc_jax.distributed`) with ``devices = 0``: then the 1-D mesh ``(axis,)``
+    of every device of every process (`distributed.global_mesh`). A positive
+    `devices` keeps to this process's first `devices` devices (each process
+    then computes the whole thing itself).
+    """
+    if int(devices) == 0 and distributed.is_multiprocess():
+        return distributed.global_mesh(axis)
+    return local_mesh(devices, axis)
+
+
+def _stays_on_host(chunk: np.ndarray) -> bool:
+    """Whether a device copy would change `chunk` (a dtype JAX would narrow: float64 or
+    int64 without x64), so it is passed on as numpy."""
+    return chunk.dtype == object or jax.dtypes.canonicalize_dtype(chunk.dtype) != chunk.dtype
+
+
 def _placed(chunk: np.ndarray, sharding):
     """`chunk` on the devices with its rows sharded, or unchanged on the host where a
-    device copy would change it (a dtype JAX would narrow: float64 or int64 without x64)."""
-    if sharding is None or chunk.dtype == object or \
-            jax.dtypes.canonicalize_dtype(chunk.dtype) != chunk.dtype:
+    device copy would change it (`_stays_on_host`)."""
+    if sharding is None or _stays_on_host(chunk):
         return chunk
     return jax.device_put(chunk, sharding)
 
@@ -128,8 +155,8 @@ def chunked_map(fn: Callable[..., Any], *arrays, chunk_size: int, devices: int =
       chunk_size: rows per call (with D > 1 devices: rounded up to a
         multiple of D).
       devices: local devices to shard each chunk's rows over (0: all,
-        1: none, `local_mesh`). With D > 1 each chunk (chunk_size, ...) is
-        passed as a jax.Array sharded ``P("rows")`` over the D devices
+        1: none, `device_mesh`; 0 in a multi-process run: every device of
+        every process). With D > 1 each chunk (chunk_size, ...) is passed as a jax.Array sharded ``P("rows")`` over the D devices
         (chunk_size / D rows each); chunks of a dtype JAX would narrow
         (float64/int64 without x64) stay numpy. With one device chunks are
         numpy arrays, as before.
@@ -140,7 +167,7 @@ def chunked_map(fn: Callable[..., Any], *arrays, chunk_size: int, devices: int =
     """
     if int(chunk_size) != chunk_size or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
-    mesh = local_mesh(devices)
+    mesh = device_mesh(devices)
     sharding = None
     if mesh is not None:
         num = mesh.devices.size
@@ -155,12 +182,36 @@ def chunked_map(fn: Callable[..., Any], *arrays, chunk_size: int, devices: int =
                  for a in arrays]
         shapes = jax.eval_shape(fn, *probe)
         return jax.tree_util.tree_map(lambda s: np.zeros((0, *s.shape[1:]), s.dtype), shapes)
+    if sharding is not None and not sharding.is_fully_addressable:
+        return _chunked_map_processes(fn, arrays, n, chunk_size, sharding)
     outputs = []
     for start in range(0, n, chunk_size):
         chunks = [np.asarray(a[start:start + chunk_size]) for a in arrays]
         real = len(chunks[0])
         out = fn(*[_placed(pad_rows(c, chunk_size), sharding) for c in chunks])
         outputs.append(jax.tree_util.tree_map(lambda o: np.asarray(o)[:real], out))
+    if len(outputs) == 1:
+        return outputs[0]
+    return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *outputs)
+
+
+def _chunked_map_processes(fn, arrays, n: int, chunk_size: int, sharding):
+    """`chunked_map` over the devices of several processes: each process reads and places
+    its own rows of each padded chunk; the outputs are all-gathered."""
+    start_row, stop_row = distributed.process_rows(sharding, chunk_size)
+    outputs = []
+    for start in range(0, n, chunk_size):
+        real = min(chunk_size, n - start)
+        # This process's rows of the chunk padded with copies of its last real row.
+        rows = start + np.minimum(np.arange(start_row, stop_row), real - 1)
+        chunks = [np.asarray(a[rows]) for a in arrays]
+        if any(_stays_on_host(c) for c in chunks):   # every process maps the whole chunk
+            placed = [pad_rows(np.asarray(a[start:start + chunk_size]), chunk_size)
+                      for a in arrays]
+        else:
+            placed = [distributed.place_rows(c, sharding, chunk_size) for c in chunks]
+        out = distributed.to_host(fn(*placed))
+        outputs.append(jax.tree_util.tree_map(lambda o: o[:real], out))
     if len(outputs) == 1:
         return outputs[0]
     return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *outputs)

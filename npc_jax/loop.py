@@ -30,6 +30,14 @@ wait for it; `records.read_records([workdir])` and the report read all files.
 Locks (`storage.WorkdirLock`, released by the kernel when a process dies)
 make a second process on the same records file fail at once, as well as an
 unsharded run beside a grid and grids of different N on one workdir.
+
+A run can also span several processes, one per host (`npc_jax.distributed`:
+``NPC_JAX_COORDINATOR``, ``NPC_JAX_NUM_PROCESSES``, ``NPC_JAX_PROCESS_ID``,
+read by `run`): every process runs the same rounds, training and pool passes
+sharded over every process's devices, and only process 0 writes (records,
+checkpoints, summary, locks). The others read the workdir to resume, so it is
+one directory shared by all hosts; `run` refuses processes that see different
+records or checkpoints.
 """
 from __future__ import annotations
 
@@ -45,8 +53,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from npc_jax import (checkpoint, inference, labelling, records, representation, results,
-                     storage, strategies, train)
+from npc_jax import (checkpoint, distributed, inference, labelling, records, representation,
+                     results, storage, strategies, train)
 from npc_jax.config import RunSettings, config_difference
 from npc_jax.data import DataError, Dataset, Pool, carve_validation, initial_pool, load_dataset
 from npc_jax.models import Model, get_model
@@ -58,6 +66,8 @@ __all__ = ["RESULTS_FILE", "Experiment", "RoundKeys", "RunSettings", "describe_r
 OnRecord = Callable[[records.RoundRecord], None]
 
 RESULTS_FILE = "results.jsonl"   # an unsharded run's records
+_SHARED_FIX = ("every process of a multi-process run reads the workdir to resume, so give them "
+               "one --workdir on a file system shared by all hosts (process 0 alone writes it)")
 
 
 class RoundKeys(NamedTuple):
@@ -199,6 +209,7 @@ def initial_model(exp: Experiment, workdir: Path, seed: int, pool: Pool, key: ja
 def _initial_model(exp: Experiment, stem: Path, seed: int, pool: Pool, key: jax.Array):
     template = jax.device_get(exp.model.init(jax.random.PRNGKey(0)))
     kept = checkpoint.load_round0(stem, template, pool.labeled_indices, exp.fingerprint)
+    distributed.check_same(f"{kept is not None}", f"round-0 checkpoints ({stem})", _SHARED_FIX)
     if kept is not None:
         return kept
     if not len(pool.labeled_indices):   # zero-shot: nothing to train on
@@ -213,7 +224,9 @@ def _initial_model(exp: Experiment, stem: Path, seed: int, pool: Pool, key: jax.
         variables, summary = _median_training(exp, pool, key, seed)
     summary["labeled_indices"] = pool.labeled_indices.tolist()
     summary["dataset_fingerprint"] = exp.fingerprint
-    checkpoint.save_round0(stem, variables, summary)
+    if distributed.is_writer():   # the others computed the same variables
+        checkpoint.save_round0(stem, variables, summary)
+    distributed.barrier(f"saved {stem}")   # every process finds it from now on
     return variables, summary
 
 
@@ -326,8 +339,9 @@ class _Ledger:
     """The records already in a workdir's logs (every worker's), checked against the run;
     new ones go to this worker's `log`."""
 
-    def __init__(self, settings: RunSettings, log: storage.JsonlLog, fingerprint: str):
-        self.settings, self.log = settings, log
+    def __init__(self, settings: RunSettings, log: storage.JsonlLog, fingerprint: str, *,
+                 writer: bool = True):
+        self.settings, self.log, self.writer = settings, log, writer
         self.done: dict[tuple[str, int, int], records.RoundRecord] = {}
         for record in records.read_records(_record_files(log.path.parent), missing_ok=True):
             if record.config_hash != settings.config_hash:
@@ -365,7 +379,8 @@ class _Ledger:
         return pool, start
 
     def add(self, record: records.RoundRecord) -> None:
-        self.log.append(record.to_json())
+        if self.writer:   # process 0 of a multi-process run, or the only one
+            self.log.append(record.to_json())
         self.done[(record.strategy, record.seed, record.round)] = record
 
     def missing_labels(self, labeller, name: str, seed: int, r: int,
@@ -449,18 +464,35 @@ def run(config, workdir: str | os.PathLike, *, progress: bool | None = None,
       on_record: called with each new round's record once it is written
         (default: one line through absl logging, `describe_record`).
 
+    Multi-process (`npc_jax.distributed`): with ``NPC_JAX_COORDINATOR``,
+    ``NPC_JAX_NUM_PROCESSES`` and ``NPC_JAX_PROCESS_ID`` set (or after
+    `distributed.initialize`), every process calls `run` with the same config
+    and a `workdir` shared by all hosts; only process 0 writes, and every
+    process returns the same records.
+
     Raises:
       labelling.LabelsNeeded: human mode only, after exporting the query to
         label; import it with `labelling.import_labels` and run again.
+      distributed.DistributedError: a bad multi-process setting, or processes
+        that see different records (a workdir that is not shared).
     """
     settings = RunSettings.from_config(config, labels=labels)
+    _join_processes(settings)
+    progress = sys.stderr.isatty() if progress is None else progress
+    if not distributed.is_writer():   # the same rounds as process 0, writing nothing
+        if not str(workdir).strip():
+            raise storage.RecordsError("--workdir is empty; give every process the same "
+                                       "workdir, shared by all hosts.")
+        return _run_locked(settings, Path(workdir), progress=progress,
+                           on_record=on_record or _log_record)
     created = bool(str(workdir).strip()) and not Path(workdir).exists()
     try:
         workdir = storage.check_writable_dir(workdir)
     except storage.RecordsError:
         # A finished run can still be read where it cannot be written (an
         # archive, a read-only mount): return its records, train nothing.
-        if workdir and Path(workdir).is_dir() and _is_finished(settings, Path(workdir)):
+        if (workdir and Path(workdir).is_dir() and not distributed.is_multiprocess()
+                and _is_finished(settings, Path(workdir))):
             logging.warning("%s is read-only and complete: nothing to run, summary not "
                             "rewritten.", workdir)
             return records.read_records(_record_files(Path(workdir)))
@@ -475,6 +507,28 @@ def run(config, workdir: str | os.PathLike, *, progress: bool | None = None,
             for path in workdir.iterdir():
                 path.unlink(missing_ok=True)
             workdir.rmdir()
+
+
+def _join_processes(settings: RunSettings) -> None:
+    """Joins the multi-process run of the environment (`distributed.initialize`), and
+    refuses what a multi-process run does not do."""
+    distributed.initialize()
+    if not distributed.is_multiprocess():
+        return
+    if settings.shard[1] > 1:
+        raise distributed.DistributedError(
+            f"config.shard={settings.shard[0]}/{settings.shard[1]} makes this process one of "
+            "independent grid workers, but it is also one of a multi-process run "
+            "(NPC_JAX_NUM_PROCESSES); use one or the other (a grid worker runs in one process, "
+            "a multi-process run is one worker spread over hosts).")
+    if settings.labels == "human":
+        raise distributed.DistributedError(
+            "A human-labelled run has one labeller and one queue; run it in a single process "
+            "(unset NPC_JAX_COORDINATOR, NPC_JAX_NUM_PROCESSES and NPC_JAX_PROCESS_ID).")
+    if settings.init == "pretrained":
+        raise distributed.DistributedError(
+            "config.init='pretrained' in a multi-process run is not supported (the pretraining "
+            "would run and write its cache in every process); run it in a single process.")
 
 
 def records_file(workdir: Path, shard: tuple[int, int]) -> Path:
@@ -571,7 +625,9 @@ def _run_locked(settings: RunSettings, workdir: Path, *, progress: bool | None,
             f"(config.validation_size = {settings.validation_size} of them held out); lower "
             "one of those fields.")
     log = storage.JsonlLog(records_file(workdir, settings.shard))
-    ledger = _Ledger(settings, log, dataset.fingerprint())
+    writer = distributed.is_writer()
+    ledger = _Ledger(settings, log, dataset.fingerprint(), writer=writer)
+    distributed.check_same(repr(sorted(ledger.done)), f"records in {workdir}", _SHARED_FIX)
     # After the records are checked: a refused resume costs no pretraining.
     exp = prepare(settings, dataset, labeller,
                   progress=sys.stderr.isatty() if progress is None else progress)
@@ -582,6 +638,9 @@ def _run_locked(settings: RunSettings, workdir: Path, *, progress: bool | None,
             raise labelling.LabelsNeeded(labelling.export_query(
                 workdir, request, dataset.x_train, num_classes=dataset.num_classes,
                 class_names=class_names, dataset=settings.dataset))
+    distributed.barrier(f"records of {workdir} written")   # process 0's last append
+    if not writer:
+        return records.read_records(_record_files(workdir), missing_ok=True)
     # Every worker's records so far; with workers, one at a time writes the summary.
     summary_lock = (contextlib.nullcontext() if settings.shard[1] == 1 else
                     storage.WorkdirLock(workdir, ".npc_jax.summary.lock", wait=True))

@@ -41,7 +41,7 @@ import numpy as np
 import threadpoolctl
 from jax.sharding import PartitionSpec
 
-from npc_jax.inference import check_finite, chunked_map, local_mesh
+from npc_jax.inference import check_finite, chunked_map, device_mesh
 
 __all__ = [
     "BACKENDS",
@@ -184,7 +184,7 @@ def min_eigenvalue(gram, *, chunk_size: int = 256, float64: bool = False,
                for i in range(0, len(stack), chunk_size)]
         result = np.concatenate(out) if out else np.zeros((0,), dtype)
     else:   # one device: one jitted solve per chunk; D > 1: shard_map over the chunk
-        mesh = local_mesh()
+        mesh = device_mesh()   # chunked_map's: every process's devices in a multi-host run
         solve = _min_eigenvalue_device if mesh is None else _min_eigenvalue_sharded(mesh)
         result = chunked_map(solve, stack.astype(dtype), chunk_size=chunk_size)
     return result[0] if gram.ndim == 2 else result

@@ -21,7 +21,9 @@ statistics are over the global batch (SyncBN) and the losses and gradients
 are global means: the same computation as on one device up to the float32
 reduction order. DARP's buffer is replicated and refined over the whole pool
 (every device solves the same C-dimensional dual). With one device nothing
-is sharded and the step is the single-device one, bit for bit.
+is sharded and the step is the single-device one, bit for bit. In a
+multi-process run (`npc_jax.distributed`) ``devices = 0`` is every device of
+every process: the same step, its batch sharded over all hosts' devices.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from npc_jax.data import images_to_float
-from npc_jax.inference import local_mesh
+from npc_jax.inference import device_mesh, local_mesh
 from npc_jax.models import Model
 from npc_jax.ssl import augment, darp, fixmatch, thresholds
 
@@ -95,8 +97,10 @@ class TrainConfig:
     chunk_steps: steps between metric reads (progress/metrics granularity).
     eval_batch_size: batch of the (padded) evaluation forward passes.
     devices: local devices to train data-parallel over (`data_parallel_mesh`):
-      0 = all of this process's devices, 1 = one device (no sharding), D =
-      the first D. `batch_size` must be a multiple of the device count.
+      0 = all of this process's devices (in a multi-process run,
+      `npc_jax.distributed`: every device of every process), 1 = one device
+      (no sharding), D = the first D. `batch_size` must be a multiple of the
+      device count.
     """
 
     method: str = "fixmatch"
@@ -190,17 +194,18 @@ def data_parallel_mesh(config: TrainConfig) -> Mesh | None:
     """The mesh ``("batch",)`` that `config` trains over, or None for one device.
 
     Args:
-      config: its `devices` field (0: all local devices) picks the devices.
+      config: its `devices` field (0: all local devices; every process's in a
+        multi-process run) picks the devices (`inference.device_mesh`).
 
     Returns:
-      A 1-D `jax.sharding.Mesh` of D > 1 local devices, or None (train on the
+      A 1-D `jax.sharding.Mesh` of D > 1 devices, or None (train on the
       default device, unsharded).
 
     Raises:
       ValueError: more devices asked for than this process has, or a
         `batch_size` that is not a multiple of D (naming both).
     """
-    mesh = local_mesh(config.devices, "batch")
+    mesh = device_mesh(config.devices, "batch")
     if mesh is not None:
         _check_divides(config.batch_size, mesh.devices.size, config.devices)
     return mesh
