@@ -42,8 +42,15 @@ class SmallCNN(nn.Module):
     """A ~100k-parameter CNN with BatchNorm for CPU runs on 28x28 images.
 
     conv3x3(32, stride 2) -> conv3x3(64) -> conv3x3(64, stride 2) -> conv3x3(64)
-    -> global average pool -> dense(feature_dim) -> classifier(num_classes).
+    -> pool -> dense(feature_dim) -> classifier(num_classes).
     Each conv is followed by BatchNorm and ReLU (convs carry no bias: BN's does).
+
+    `pooling` of the last (B, 7, 7, 64) map: ``"global"`` averages it to (B, 64),
+    translation-invariant (the L1 model, ``"cnn"``); ``"grid"`` averages 3x3
+    windows at stride 2 and flattens the (B, 3, 3, 64) result to (B, 576),
+    keeping a coarse layout of the garment (``"cnn_grid"``). The self-supervised
+    pretraining learns a better representation with the grid (BENCHMARKS.md
+    P8: +4 kNN points at 1 label per class, +3.7 at 10, same steps, same cost).
 
     Downsampling is by strided convolutions, not max-pooling: on XLA:CPU the
     max-pool gradient and full-resolution activations dominated the train step
@@ -59,6 +66,7 @@ class SmallCNN(nn.Module):
     strides: Sequence[int] = (2, 1, 2, 1)
     feature_dim: int = 128
     bn_momentum: float = 0.99
+    pooling: str = "global"
 
     @nn.compact
     def __call__(self, x, *, train: bool = False, return_features: bool = False):
@@ -69,7 +77,13 @@ class SmallCNN(nn.Module):
             x = nn.Conv(width, (3, 3), strides=(stride, stride), use_bias=False,
                         name=f"conv{i}")(x)
             x = nn.relu(norm(name=f"bn{i}")(x))
-        x = jnp.mean(x, axis=(1, 2))
+        if self.pooling == "global":
+            x = jnp.mean(x, axis=(1, 2))
+        elif self.pooling == "grid":
+            x = nn.avg_pool(x, (3, 3), strides=(2, 2)).reshape(x.shape[0], -1)
+        else:
+            raise ValueError(f"SmallCNN.pooling must be 'global' or 'grid', got "
+                             f"{self.pooling!r}.")
         features = nn.relu(nn.Dense(self.feature_dim, name="hidden")(x))
         logits = nn.Dense(self.num_classes, name=CLASSIFIER)(features)
         return (logits, features) if return_features else logits
@@ -154,6 +168,7 @@ class WideResNet(nn.Module):
 
 _MODULES: dict[str, Callable[..., nn.Module]] = {
     "cnn": SmallCNN,
+    "cnn_grid": functools.partial(SmallCNN, pooling="grid"),
     "wrn28_2": functools.partial(WideResNet, depth=28, widen_factor=2),
 }
 
@@ -215,7 +230,8 @@ class Model:
 
 def get_model(name: str, num_classes: int,
               input_shape: tuple[int, int, int] = (28, 28, 1), **kwargs) -> Model:
-    """Builds a registered model: ``"cnn"`` (the small CPU CNN) or ``"wrn28_2"``.
+    """Builds a registered model: ``"cnn"`` (the small CPU CNN), ``"cnn_grid"``
+    (the same with a spatial grid before its dense layer) or ``"wrn28_2"``.
 
     `kwargs` go to the module (e.g. ``dtype=jnp.bfloat16`` for WRN's compute).
     """

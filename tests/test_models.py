@@ -1,5 +1,6 @@
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import numpy as np
 import pytest
 
@@ -43,6 +44,37 @@ def test_other_input_shapes_and_errors():
         get_model("resnet", 10)
     with pytest.raises(ValueError, match="num_classes"):
         get_model("cnn", 1)
+
+
+def test_grid_pooling_keeps_layout_where_global_pooling_does_not():
+    """cnn_grid's dense layer reads a 3x3 grid of 3x3 window means (stride 2) of
+    the last (7, 7, 64) activation, checked against numpy; a mirrored image
+    moves the grid features."""
+    model = get_model("cnn_grid", 10)
+    variables = model.init(jax.random.PRNGKey(0))
+    assert variables["params"]["hidden"]["kernel"].shape[0] == 3 * 3 * 64
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 28, 28, 1))
+    seen = {}
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.module.name in ("bn3", "hidden") and context.method_name == "__call__":
+            seen[context.module.name] = (args[0], out)
+        return out
+
+    with nn.intercept_methods(record):
+        model.apply_fn(variables, x)
+    last_map = np.maximum(np.asarray(seen["bn3"][1]), 0.0)          # (2, 7, 7, 64)
+    assert last_map.shape == (2, 7, 7, 64)
+    reference = np.stack([last_map[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3].mean((1, 2))
+                          for i in range(3) for j in range(3)], axis=1)   # (2, 9, 64)
+    np.testing.assert_allclose(np.asarray(seen["hidden"][0]), reference.reshape(2, -1),
+                               rtol=1e-5, atol=1e-6)
+    mirrored = model.apply_with_features(variables, x[:1, :, ::-1])[1]
+    original = model.apply_with_features(variables, x[:1])[1]
+    assert float(jnp.abs(mirrored - original).max()) > 1e-3
+    with pytest.raises(ValueError, match="pooling must be 'global' or 'grid'"):
+        get_model("cnn", 10, pooling="max").init(jax.random.PRNGKey(0))
 
 
 @pytest.fixture(scope="module")
