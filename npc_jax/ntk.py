@@ -433,7 +433,9 @@ def _eval_with_fast_pools(jaxpr, consts, *args):
         elif inner is not None and _has_pool(inner.jaxpr):
             outvals = _eval_with_fast_pools(inner.jaxpr, inner.consts, *invals)
         else:
-            subfuns, params = eqn.primitive.get_bind_params(eqn.params)
+            bind = eqn.primitive.get_bind_params(eqn.params)
+            # (subfuns, params) on JAX 0.5; params alone on current JAX.
+            subfuns, params = bind if isinstance(bind, tuple) else ((), bind)
             outvals = eqn.primitive.bind(*subfuns, *invals, **params)
             outvals = outvals if eqn.primitive.multiple_results else [outvals]
         env.update(zip(eqn.outvars, outvals))
@@ -579,10 +581,30 @@ def ntk_fn(apply_fn: Callable, *, implementation: str = "jacobian_contraction",
 
     def ntk(variables, x1, x2=None):
         rep1 = rep_fn(variables, x1)
-        rep2 = rep1 if x2 is None else rep_fn(variables, x2)
-        return gram_fn(variables, rep1, rep2)
+        if x2 is None:
+            return _symmetric_gram(functools.partial(gram_fn, variables), rep1)
+        return gram_fn(variables, rep1, rep_fn(variables, x2))
 
     return ntk
+
+
+_SYMMETRIC_BLOCK = 64  # rows per block of a symmetric Gram (see _symmetric_gram)
+
+
+def _symmetric_gram(gram, rep):
+    """gram(rep, rep) for a symmetric kernel, computing only the blocks on and below
+    the diagonal: b(b+1)/2 of the b² blocks of ~_SYMMETRIC_BLOCK rows (b = 4 at
+    n = 256: 10 of 16 products, 37.5 % fewer Gram FLOPs), mirrored."""
+    n = jax.tree_util.tree_leaves(rep)[0].shape[0]
+    b = n // _SYMMETRIC_BLOCK
+    if b < 2:
+        return gram(rep, rep)
+    edges = [round(i * n / b) for i in range(b + 1)]
+    parts = [jax.tree_util.tree_map(lambda a, i=i: a[edges[i]:edges[i + 1]], rep)
+             for i in range(b)]
+    below = {(i, j): gram(parts[i], parts[j]) for i in range(b) for j in range(i + 1)}
+    return jnp.block([[below[i, j] if j <= i else below[j, i].T for j in range(b)]
+                      for i in range(b)])
 
 
 def empirical_ntk_fn(apply_fn: Callable, *, implementation: str = "jacobian_contraction",

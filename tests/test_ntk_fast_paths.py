@@ -132,3 +132,15 @@ def test_float64_network_gives_a_float64_kernel():
         plain = ntk.empirical_ntk_fn(apply_fn, structured=False)(v64, x)
     assert fast.dtype == np.float64
     assert _rel(fast, plain) < 1e-12
+
+
+@pytest.mark.parametrize("implementation", ["jacobian_contraction", "ntk_vector_products"])
+def test_symmetric_gram_in_blocks_equals_the_full_product(monkeypatch, implementation):
+    apply_fn, variables, shape = _net("maxpool_mean_nobias")
+    x = _x(shape, 7, 5)
+    kernel = jax.jit(ntk.ntk_fn(apply_fn, implementation=implementation))
+    full = np.asarray(kernel(variables, x, x))
+    monkeypatch.setattr(ntk, "_SYMMETRIC_BLOCK", 2)    # 3 blocks of 2-3 rows: 6 of 9
+    sym = np.asarray(jax.jit(ntk.ntk_fn(apply_fn, implementation=implementation))(variables, x))
+    np.testing.assert_allclose(sym, sym.T, rtol=1e-6)
+    assert _rel(sym, full) < 1e-6
