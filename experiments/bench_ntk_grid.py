@@ -221,6 +221,27 @@ def _frob(a, b):
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
 
 
+def _kernel_path(ref_dir, name, n, label):
+    return Path(ref_dir) / "float32" / f"{name}_n{n}_{label.replace(' ', '_')}.npy"
+
+
+def _errors(result, args):
+    """Fills err64 (each float32 kernel vs the float64 reference) and ours_vs_nt."""
+    name, n = result["net"], result["n"]
+    kernels = {label: np.load(_kernel_path(args.ref_dir, name, n, label))
+               for label in result["rows"] if _kernel_path(args.ref_dir, name, n, label).exists()}
+    if "ours" in kernels and "nt jc" in kernels:
+        result["ours_vs_nt"] = _frob(kernels["ours"], kernels["nt jc"].astype(np.float64))
+    ref_file = _ref_path(args.ref_dir, name, n)
+    if ref_file.exists():
+        meta = json.loads(ref_file.with_suffix(".json").read_text())
+        if not np.allclose(meta["fingerprint"], result["fingerprint"], rtol=1e-12):
+            raise RuntimeError(f"{ref_file} was built from other weights or images; delete it.")
+        k64 = np.load(ref_file)
+        result["ref"] = meta
+        result["err64"] = {label: _frob(k, k64) for label, k in kernels.items()}
+
+
 def bench(name, n, args, nt):
     apply_fn, variables, shape = network(name)
     x = inputs(shape, n)
@@ -266,21 +287,17 @@ def bench(name, n, args, nt):
               f"(first {rows[label]['first_call_seconds']:7.2f} s)", flush=True)
     result = {"net": name, "n": n, "input_shape": list(shape), "num_params": int(num_params),
               "chunk": chunk, "rows": rows, "load": os.getloadavg()}
-    ref_file = _ref_path(args.ref_dir, name, n)
-    if ref_file.exists():
-        k64 = np.load(ref_file)
-        meta = json.loads(ref_file.with_suffix(".json").read_text())
-        if not np.allclose(meta["fingerprint"], fingerprint(variables, x), rtol=1e-12):
-            raise RuntimeError(f"{ref_file} was built from other weights or images; delete it.")
-        result["ref"] = meta
-        result["err64"] = {label: _frob(k, k64) for label, k in kernels.items()}
+    result["fingerprint"] = fingerprint(variables, x)
+    for label, k in kernels.items():       # kept for --phase=errors
+        path = _kernel_path(args.ref_dir, name, n, label)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, k)
     peers = [label for label in calls if label.startswith("nt")]
     if peers:
         best = min(peers, key=lambda label: rows[label]["seconds"])
         result["nt_best"] = best
         result["ratio"] = rows[best]["seconds"] / rows["ours"]["seconds"]
-        result["ours_vs_nt"] = _frob(kernels["ours"], kernels["nt jc"].astype(np.float64)) \
-            if "nt jc" in kernels else None
+    _errors(result, args)
     print(f"  -> {json.dumps({k: v for k, v in result.items() if k != 'rows'})}", flush=True)
     return result
 
@@ -294,8 +311,10 @@ def main(argv=None):
     parser.add_argument("--nvp-max", type=int, default=64)
     parser.add_argument("--jacobian-mb", type=float, default=3072,
                         help="ours: chunk when n·C·P·4 bytes exceeds this")
-    parser.add_argument("--phase", choices=("all", "reference", "time"), default="all",
+    parser.add_argument("--phase", choices=("all", "reference", "time", "errors"), default="all",
                         help="reference: only the float64 kernels (needs JAX_ENABLE_X64=1); "
+                             "time: only the timings (errors where references exist); "
+                             "errors: recompute the errors of --out from the saved kernels; "
                              "all: the references in a subprocess first, then the timings")
     parser.add_argument("--ref-check", type=int, default=8,
                         help="points on which the float64 reference is checked against "
@@ -305,6 +324,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.phase == "reference":
         return reference(args)
+    if args.phase == "errors":      # fill in errors of an earlier --out from the references
+        data = json.loads(Path(args.out).read_text())
+        for result in data["results"]:
+            _errors(result, args)
+            print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
+        Path(args.out).write_text(json.dumps(data, indent=1))
+        return None
     if args.phase == "all":
         argv_ref = [a for a in (argv if argv is not None else sys.argv[1:])
                     if not a.startswith("--phase")]

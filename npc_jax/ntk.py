@@ -353,7 +353,8 @@ def _structured_jacobian_fn(apply_fn, params_subset, output, last_layer, factor_
             a, g = inputs[path], d_eps[path]
             basis = (bases or {}).get("/".join(path))
             if factor_dense and kind == "dense" and np.prod(a.shape[1:-1]) == 1:
-                a = a.reshape(a.shape[0], -1)                   # (n, F_in)
+                # (n, F_in), in g's dtype: float32 images into a float64 network stay exact.
+                a = a.reshape(a.shape[0], -1).astype(jnp.result_type(a, g))
                 if basis is not None:
                     a = a @ basis
                 if mod.use_bias:       # [a, 1]: a1·a2 + 1 carries the bias's kernel
@@ -675,7 +676,7 @@ def _blocks(rep, gram, variables, x1, x2, size) -> np.ndarray:
     representation is computed once; columns go through `chunked_map`."""
     symmetric = x2 is None
     n1 = len(x1)
-    out = np.zeros((n1, n1 if symmetric else len(x2)), np.float32)
+    out = None
     for i in range(0, n1, size):
         rows = min(size, n1 - i)
         rep_i = rep(variables, pad_rows(x1[i:i + size], size))
@@ -683,6 +684,8 @@ def _blocks(rep, gram, variables, x1, x2, size) -> np.ndarray:
         # (len(columns), size): K(column, row) for every column, one chunk at a time.
         block = chunked_map(lambda xj: gram(variables, rep(variables, xj), rep_i), columns,
                             chunk_size=size)[:, :rows]
+        if out is None:   # float32, or float64 for a float64 network
+            out = np.zeros((n1, n1 if symmetric else len(x2)), block.dtype)
         out[i:i + rows, :len(columns)] = block.T
         if symmetric:
             out[:len(columns), i:i + rows] = block

@@ -52,7 +52,17 @@ class PerPositionDense(nn.Module):
         return nn.Dense(C, name=CLASSIFIER)(jnp.tanh(x))
 
 
+class MLP(nn.Module):
+    """Dense layers only, the first fed the images themselves."""
+
+    @nn.compact
+    def __call__(self, x, *, train=False, return_features=False):
+        x = nn.gelu(nn.Dense(7)(x.reshape(x.shape[0], -1)))
+        return nn.Dense(C, name=CLASSIFIER)(nn.Dense(5, use_bias=False)(x))
+
+
 NETS = {
+    "mlp": (MLP(), (4, 4, 1)),
     "maxpool_flatten": (PoolNet(), (9, 9, 2)),      # 9 -> 4 -> 2: remainders dropped
     "maxpool_mean_nobias": (PoolNet(flatten=False, bias=False), (8, 8, 1)),
     "maxpool_overlapping": (PoolNet(window=3, stride=2), (9, 9, 1)),
@@ -123,15 +133,17 @@ def test_non_overlapping_max_pools_have_no_select_and_scatter(name, rewritten):
     assert ("reduce_window_max" in names) is not rewritten
 
 
-def test_float64_network_gives_a_float64_kernel():
-    apply_fn, variables, shape = _net("maxpool_flatten")
-    x = _x(shape, 4, 4)
+@pytest.mark.parametrize("name", ["maxpool_flatten", "mlp"])
+def test_float64_network_gives_a_float64_kernel(name):
+    apply_fn, variables, shape = _net(name)
+    x = _x(shape, 4, 4)          # float32 images: the first layer's input stays float32
     with spectral.enable_x64():
         v64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), variables)
         fast = ntk.empirical_ntk_fn(apply_fn)(v64, x)
+        chunked = ntk.empirical_ntk_fn(apply_fn, chunk_size=3)(v64, x)
         plain = ntk.empirical_ntk_fn(apply_fn, structured=False)(v64, x)
-    assert fast.dtype == np.float64
-    assert _rel(fast, plain) < 1e-12
+    assert fast.dtype == chunked.dtype == plain.dtype == np.float64
+    assert _rel(fast, plain) < 1e-12 and _rel(chunked, plain) < 1e-12
 
 
 @pytest.mark.parametrize("implementation", ["jacobian_contraction", "ntk_vector_products"])
