@@ -35,7 +35,8 @@ _WORKER_FIELDS = ("shard",)
 # Fields added to the configs after records were made with their default
 # behaviour: at these values they stay out of the hash, so that older
 # workdirs (the committed L1 records) resume under the configs of today.
-_HASH_NEUTRAL_DEFAULTS = {"model_dtype": "float32", "initial_trainings": 1, "init": "scratch"}
+_HASH_NEUTRAL_DEFAULTS = {"model_dtype": "float32", "initial_trainings": 1, "init": "scratch",
+                          "first_query_size": 0, "continue_with": ""}
 # Where things are kept, not what is computed: outside the hash.
 _LOCATION_FIELDS = ("pretrain_cache",)
 # Strategy options that default to a run setting: {strategy: {option: setting}}.
@@ -57,6 +58,8 @@ class RunSettings:
     shard: tuple[int, int]    # (i, N): worker i of N runs every N-th job of `grid()`
     initial_labels: int
     query_size: int
+    first_query_size: int     # labels of round 0's query (cold start: the first batch)
+    continue_with: str        # "": each strategy queries every round; else rounds >= 1 use it
     rounds: int
     validation_size: int
     initial_trainings: int    # odd k: the round-0 model is the median of k trainings
@@ -103,7 +106,10 @@ class RunSettings:
                    model=cfg["model"], model_dtype=model_dtype, mode=mode, labels=labels,
                    strategies=names, seeds=seeds, shard=shard,
                    initial_labels=int(cfg["initial_labels"]),
-                   query_size=int(cfg["query_size"]), rounds=int(cfg["rounds"]),
+                   query_size=int(cfg["query_size"]),
+                   first_query_size=int(cfg.get("first_query_size") or cfg["query_size"]),
+                   continue_with=_continuation(cfg),
+                   rounds=int(cfg["rounds"]),
                    validation_size=int(cfg.get("validation_size", 0)),
                    initial_trainings=initial_trainings,
                    train=TrainConfig(**train_fields),
@@ -116,7 +122,16 @@ class RunSettings:
 
     @property
     def final_num_labels(self) -> int:
-        return self.initial_labels + self.rounds * self.query_size
+        return self.initial_labels + sum(self.query_size_of(r) for r in range(self.rounds))
+
+    def query_size_of(self, round_index: int) -> int:
+        """Labels acquired at the end of round `round_index` (the first query may differ:
+        a cold start's first batch of 10, then rounds of 20)."""
+        return self.first_query_size if round_index == 0 else self.query_size
+
+    def acting_strategy(self, name: str, round_index: int) -> str:
+        """Which strategy makes round `round_index`'s query in the (name, seed) job."""
+        return self.continue_with if (self.continue_with and round_index >= 1) else name
 
     def grid(self) -> list[tuple[int, str]]:
         """Every (seed, strategy) job of the run, in the order the loop runs them."""
@@ -190,6 +205,25 @@ def _check_budget_fields(cfg: dict) -> None:
                          f"query from a randomly initialised model), got {cfg['initial_labels']}.")
     if int(cfg["rounds"]) < 0:
         raise ValueError(f"config.rounds must be >= 0, got {cfg['rounds']}.")
+    if int(cfg.get("first_query_size") or 0) < 0:
+        raise ValueError("config.first_query_size must be >= 0 (0: the same as "
+                         f"config.query_size), got {cfg['first_query_size']}.")
+
+
+def _continuation(cfg: dict) -> str:
+    """config.continue_with: "" (each strategy continues itself) or a stateless strategy."""
+    name = str(cfg.get("continue_with") or "").strip()
+    if not name:
+        return ""
+    if name not in strategies.available():
+        raise ValueError(f"Unknown strategy {name!r} in config.continue_with; available: "
+                         f"{', '.join(strategies.available())} (or '' for each strategy's own "
+                         "continuation).")
+    if name == "albl":
+        raise ValueError("config.continue_with='albl': ALBL learns across its own rounds "
+                         "(its state is recorded per strategy); continue with a stateless "
+                         "strategy, or leave continue_with empty and run albl itself.")
+    return name
 
 
 def _model_dtype(cfg: dict) -> str:
@@ -225,8 +259,9 @@ def _strategy_options(cfg: dict, names: tuple[str, ...]) -> dict:
     for name in options:
         if name not in strategies.available():
             raise ValueError(f"config.strategy_options names unknown strategy {name!r}.")
+    continuation = str(cfg.get("continue_with") or "").strip()
     for name, derived in _RUN_DERIVED_OPTIONS.items():
-        if name in names:
+        if name in names or name == continuation:
             for option, setting in derived.items():
                 options.setdefault(name, {}).setdefault(option, int(cfg[setting]))
     return options

@@ -250,8 +250,8 @@ def _median_training(exp: Experiment, pool: Pool, key: jax.Array, seed: int):
 
 
 def run_round(exp: Experiment, strategy: Strategy, pool: Pool, keys: RoundKeys, *,
-              seed: int, round_index: int,
-              trained: tuple | None = None) -> tuple[records.RoundRecord, Pool]:
+              seed: int, round_index: int, trained: tuple | None = None,
+              acquire_with: Strategy | None = None) -> tuple[records.RoundRecord, Pool]:
     """Round r of (strategy, seed): train, evaluate, acquire (none after the last round).
 
     Args:
@@ -262,6 +262,9 @@ def run_round(exp: Experiment, strategy: Strategy, pool: Pool, keys: RoundKeys, 
       seed, round_index: which round.
       trained: (variables, summary) of a model trained elsewhere (the shared
         round-0 model), or None to train here.
+      acquire_with: the strategy that makes this round's query when it is not
+        `strategy` itself (``config.continue_with`` after a cold-start batch);
+        the record stays `strategy`'s.
 
     Returns:
       (record, next_pool): the round's record (to append) and the pool with
@@ -278,7 +281,8 @@ def run_round(exp: Experiment, strategy: Strategy, pool: Pool, keys: RoundKeys, 
         ctx = AcquisitionContext(exp.model, variables, exp.data.x_train, visible_labels,
                                  batch_size=s.train.eval_batch_size, embedding=exp.embedding)
         start = time.perf_counter()
-        acquisition = strategy.select(keys.acquire, ctx, pool, s.query_size)
+        acquisition = (acquire_with or strategy).select(keys.acquire, ctx, pool,
+                                                        s.query_size_of(round_index))
         seconds = time.perf_counter() - start
         acquired, objective = np.asarray(acquisition.indices), acquisition.objective
     record = _round_record(exp, strategy, pool, summary, seed=seed, round_index=round_index,
@@ -424,8 +428,9 @@ def _run_strategy(exp: Experiment, ledger: _Ledger, workdir: Path, name: str, se
                                num_classes=exp.data.num_classes)
     except DataError as error:
         raise DataError(f"config.initial_labels={s.initial_labels}: {error}") from None
-    initial.check_budget(s.query_size, s.rounds)
     ledger.check_options(name)
+    continuation = (strategies.make_strategy(s.continue_with, **s.options_of(s.continue_with))
+                    if s.continue_with and s.continue_with != name else None)
     pool, start = ledger.resume(name, seed, initial)
     if start > 0 and isinstance(strategy, StatefulStrategy):
         strategy.load_state_dict(records.thaw(ledger.done[(name, seed, start - 1)].strategy_state))
@@ -436,7 +441,8 @@ def _run_strategy(exp: Experiment, ledger: _Ledger, workdir: Path, name: str, se
         keys = RoundKeys.of(seed, r)
         trained = initial_model(exp, workdir, seed, pool, keys.train) if r == 0 else None
         record, pool = run_round(exp, strategy, pool, keys, seed=seed, round_index=r,
-                                 trained=trained)
+                                 trained=trained,
+                                 acquire_with=continuation if r >= 1 else None)
         ledger.add(record)
         on_record(record)
     return None
@@ -619,8 +625,9 @@ def _run_locked(settings: RunSettings, workdir: Path, *, progress: bool | None,
     dataset, labeller, class_names = _load(settings, workdir)
     if settings.final_num_labels + settings.validation_size > dataset.num_train:
         raise DataError(
-            f"The run needs config.initial_labels ({settings.initial_labels}) + config.rounds "
-            f"({settings.rounds}) × config.query_size ({settings.query_size}) = "
+            f"The run needs config.initial_labels ({settings.initial_labels}) + the queries of "
+            f"config.rounds ({settings.rounds}) rounds of config.query_size "
+            f"({settings.query_size}; the first: {settings.first_query_size}) = "
             f"{settings.final_num_labels} labels, but the pool holds {dataset.num_train} samples "
             f"(config.validation_size = {settings.validation_size} of them held out); lower "
             "one of those fields.")

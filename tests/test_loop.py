@@ -194,6 +194,43 @@ def test_zero_shot_queries_from_the_random_initialisation(dataset, tmp_path, str
     assert second.num_labels == 8 and second.labeled_indices == first.acquired_indices
 
 
+def test_cold_start_first_query_then_a_continuation_strategy(dataset, tmp_path, monkeypatch):
+    """initial_labels=0, first_query_size=4 chosen by the job's strategy from the
+    untrained network, then rounds of query_size=6 made by continue_with; the
+    records stay the job's; the hash moves with the new fields only when set."""
+    calls = []
+    real_select = loop.strategies.make_strategy
+
+    def recording(name, **options):
+        strategy = real_select(name, **options)
+        select = strategy.select
+
+        def select_and_note(key, ctx, pool, query_size):
+            calls.append((name, int(pool.num_labeled), query_size))
+            return select(key, ctx, pool, query_size)
+
+        object.__setattr__(strategy, "select", select_and_note)
+        return strategy
+
+    monkeypatch.setattr(loop.strategies, "make_strategy", recording)
+    config = _config(dataset, strategies="coreset", initial_labels=0, rounds=2, query_size=6,
+                     first_query_size=4, continue_with="margin", train_steps=20)
+    got = sorted(loop.run(config, tmp_path, progress=False), key=lambda r: r.round)
+    assert [r.num_labels for r in got] == [0, 4, 10]
+    assert {r.strategy for r in got} == {"coreset"}
+    assert calls == [("coreset", 0, 4), ("margin", 4, 6)]
+    assert len(set(got[0].acquired_indices)) == 4 and len(set(got[1].acquired_indices)) == 6
+    from npc_jax.config import RunSettings
+    plain = RunSettings.from_config(_config(dataset))
+    neutral = RunSettings.from_config(_config(dataset, first_query_size=0, continue_with=""))
+    assert plain.config_hash == neutral.config_hash
+    assert RunSettings.from_config(config).config_hash != plain.config_hash
+    with pytest.raises(ValueError, match="continue_with"):
+        RunSettings.from_config(_config(dataset, continue_with="nope"))
+    with pytest.raises(ValueError, match="stateless"):
+        RunSettings.from_config(_config(dataset, continue_with="albl"))
+
+
 def test_with_a_validation_split_the_labels_are_those_of_the_carved_pool(dataset, tmp_path):
     """Indices of the pool after the validation carve get that pool's labels (a
     labeller built on the uncarved pool paired images with other images' labels)."""

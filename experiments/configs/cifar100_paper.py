@@ -26,5 +26,7 @@ def get_config():
     config.strategies = "passive,npc"
     config.initial_labels = 100
     config.query_size = 200
+    config.first_query_size = 0       # round 0's query; 0: query_size (cold start: e.g. 10)
+    config.continue_with = ""         # "": each strategy queries every round; else rounds >= 1 use it
     config.rounds = 4
     return config

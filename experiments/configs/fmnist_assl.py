@@ -44,6 +44,8 @@ def get_config(arg: str = "assl"):
     config.shard = ""                   # "i/N": worker i of N runs every N-th (seed, strategy)
     config.initial_labels = 10
     config.query_size = 20
+    config.first_query_size = 0       # round 0's query; 0: query_size (cold start: e.g. 10)
+    config.continue_with = ""         # "": each strategy queries every round; else rounds >= 1 use it
     config.rounds = 3
     config.validation_size = 0
     config.train_steps = 1000
