@@ -36,7 +36,8 @@ _WORKER_FIELDS = ("shard",)
 # behaviour: at these values they stay out of the hash, so that older
 # workdirs (the committed L1 records) resume under the configs of today.
 _HASH_NEUTRAL_DEFAULTS = {"model_dtype": "float32", "initial_trainings": 1, "init": "scratch",
-                          "first_query_size": 0, "continue_with": ""}
+                          "first_query_size": 0, "continue_with": "",
+                          "cold_start_network": "pretrained"}
 # Where things are kept, not what is computed: outside the hash.
 _LOCATION_FIELDS = ("pretrain_cache",)
 # Strategy options that default to a run setting: {strategy: {option: setting}}.
@@ -60,6 +61,7 @@ class RunSettings:
     query_size: int
     first_query_size: int     # labels of round 0's query (cold start: the first batch)
     continue_with: str        # "": each strategy queries every round; else rounds >= 1 use it
+    cold_start_network: str   # zero-shot round 0 of a pretrained run: "pretrained" | "random"
     rounds: int
     validation_size: int
     initial_trainings: int    # odd k: the round-0 model is the median of k trainings
@@ -109,6 +111,7 @@ class RunSettings:
                    query_size=int(cfg["query_size"]),
                    first_query_size=int(cfg.get("first_query_size") or cfg["query_size"]),
                    continue_with=_continuation(cfg),
+                   cold_start_network=_cold_start_network(cfg),
                    rounds=int(cfg["rounds"]),
                    validation_size=int(cfg.get("validation_size", 0)),
                    initial_trainings=initial_trainings,
@@ -208,6 +211,23 @@ def _check_budget_fields(cfg: dict) -> None:
     if int(cfg.get("first_query_size") or 0) < 0:
         raise ValueError("config.first_query_size must be >= 0 (0: the same as "
                          f"config.query_size), got {cfg['first_query_size']}.")
+
+
+def _cold_start_network(cfg: dict) -> str:
+    """config.cold_start_network: which network a zero-shot first query (initial_labels
+    = 0) is made from in a pretrained run: the pretrained encoder with an untrained
+    head ("pretrained"), or the random initialisation ("random", the paper's
+    zero-shot rows); every training after it fine-tunes from the pretraining."""
+    network = str(cfg.get("cold_start_network") or "pretrained")
+    if network not in ("pretrained", "random"):
+        raise ValueError("config.cold_start_network must be 'pretrained' or 'random', got "
+                         f"{network!r}.")
+    if network == "random" and (cfg.get("init", "scratch") != "pretrained"
+                                or int(cfg["initial_labels"]) != 0):
+        raise ValueError("config.cold_start_network='random' applies to a cold start "
+                         "(initial_labels=0) of a pretrained run (init='pretrained'); a run "
+                         "from scratch already queries from the random initialisation.")
+    return network
 
 
 def _continuation(cfg: dict) -> str:

@@ -214,7 +214,7 @@ def _initial_model(exp: Experiment, stem: Path, seed: int, pool: Pool, key: jax.
         return kept
     if not len(pool.labeled_indices):   # zero-shot: nothing to train on
         variables = exp.model.init(key)
-        if exp.init_variables is not None:
+        if exp.init_variables is not None and exp.settings.cold_start_network == "pretrained":
             variables = train.start_from(variables, exp.init_variables)
         variables = jax.device_get(variables)
         summary = {**evaluate(exp, variables), "train_seconds": 0.0, "train_metrics": {}}

@@ -300,3 +300,40 @@ def test_pca_projection_and_nearest_centroid_against_plain_references():
     centroids = np.stack([got[labels == c].mean(0) for c in (0, 1)])
     nearest = ((got[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
     assert rep.nearest_centroid_accuracy(got, labels, got, labels) == np.mean(nearest == labels)
+
+
+@pytest.mark.parametrize("network", ["pretrained", "random"])
+def test_a_cold_start_queries_from_the_named_network(toy, tmp_path, network):
+    """initial_labels=0 in a pretrained run: the round-0 (zero-shot) network is the
+    pretrained encoder with a fresh head, or the random initialisation with
+    cold_start_network='random'; the training after it fine-tunes either way."""
+    import flax.serialization
+
+    from npc_jax import checkpoint, loop
+
+    path, dataset = toy
+    config = toy_config.get_config()
+    recipe = {**dataclasses.asdict(dataclasses.replace(TINY, steps=10)), "crop_scale": [0.2, 1.0]}
+    config.update({"dataset": f"npz:{path}", "strategies": "margin", "rounds": 1,
+                   "initial_labels": 0, "query_size": 8, "init": "pretrained",
+                   "pretrain_cache": str(tmp_path / "cache"), "pretrain": recipe,
+                   "cold_start_network": network})
+    got = sorted(loop.run(config, tmp_path / "run", progress=False), key=lambda r: r.round)
+    assert [r.num_labels for r in got] == [0, 8]
+    assert got[1].pretraining is not None
+    settings = config_lib.RunSettings.from_config(config)
+    model = get_model(settings.model, dataset.num_classes, dataset.image_shape)
+    template = jax.device_get(model.init(jax.random.PRNGKey(0)))
+    stem = checkpoint.round0_stem(tmp_path / "run", 0)
+    round0 = flax.serialization.from_bytes(template, stem.with_suffix(".msgpack").read_bytes())
+    [entry] = list((tmp_path / "cache").iterdir())
+    pretrained = pretraining.load_pretrained(entry, model, dataset).variables
+    same = [np.array_equal(a, b) for a, b in zip(
+        jax.tree_util.tree_leaves(round0["params"]["conv0"]),
+        jax.tree_util.tree_leaves(pretrained["params"]["conv0"]))]
+    assert all(same) == (network == "pretrained")
+    scratch = toy_config.get_config()
+    scratch.update({"dataset": f"npz:{path}", "initial_labels": 0,
+                    "cold_start_network": "random"})
+    with pytest.raises(ValueError, match="cold_start_network='random' applies"):
+        config_lib.RunSettings.from_config(scratch)

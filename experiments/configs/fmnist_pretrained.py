@@ -24,8 +24,24 @@ from configs import fmnist_assl, pretrain_fmnist
 
 
 def get_config(arg: str = "assl"):
-    config = fmnist_assl.get_config(arg)
+    """`arg`: "assl" | "asl" (warm start, Q0 = 10 one per class); "cold" |
+    "cold_asl": no initial label, the strategy picks the first 10 from the
+    pretrained network (its head untrained), then three rounds of 20;
+    "cold_random": the same, the first 10 picked from the randomly initialised
+    network (the paper's zero-shot rows), every training fine-tuned as above."""
+    starts = {"assl": ("assl", ""), "asl": ("asl", ""), "cold": ("assl", "pretrained"),
+              "cold_asl": ("asl", "pretrained"), "cold_random": ("assl", "random")}
+    if arg not in starts:
+        raise ValueError(f"fmnist_pretrained takes one of {sorted(starts)}, got {arg!r}.")
+    mode, cold_start_network = starts[arg]
+    config = fmnist_assl.get_config(mode)
+    if cold_start_network:
+        config.initial_labels = 0
+        config.first_query_size = 10
+        config.rounds = 4
+    config.cold_start_network = cold_start_network or "pretrained"
     config.init = "pretrained"
+    config.model = "cnn_grid"           # the pretrained network (pretrain_fmnist.py)
     config.pretrain = pretrain_fmnist.get_config().pretrain
     config.pretrain_seed = 0
     config.pretrain_cache = "runs/pretrain_cache"
