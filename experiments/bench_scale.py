@@ -4,11 +4,13 @@
     .venv/bin/python experiments/bench_scale.py --n 60000 --out /tmp/p9small --cache /tmp/p9small
                                                                      # a quick check, ≈ 1.5 min
 
-Runtime (2 shared cores, load 2-3): ≈ 1 min to generate and cache the pool,
-≈ 1 min to train the CNN, then ≈ 20 min for the five acquisitions (passive
-seconds, npc well under a minute, margin / badge / coreset a few minutes each:
-one forward pass over the 1M images). Expected result: every strategy under
-the 8 GB goal, ≈ 2 GB at most (the numbers: BENCHMARKS.md, P9).
+Runtime (measured 2026-11-30, 2 shared cores at load 4-11, JAX 0.5.3): 8 s to
+generate and cache the pool, < 1 min to train the CNN, then ≈ 15 min for the
+five acquisitions: passive 1.3 s, npc (last layer, m = 1000) 7 s, margin /
+badge / coreset 230-340 s each (one forward pass over the 1M images); extra
+rows: typiclust 631 s. Expected result: every strategy under the 8 GB goal,
+peak RSS 1.1-1.2 GiB for passive / margin / npc and 2.5-3.1 GiB for badge /
+coreset / typiclust (the uint8 pool is 0.73 GiB of each). BENCHMARKS.md, P9.
 
 The pool (`make_pool`): `--n` 28×28×1 uint8 images generated in chunks of
 65 536, deterministically from `--seed` (chunk c draws from
