@@ -2,11 +2,13 @@
 
     python experiments/report.py records/l1 --out reports/l1
     python experiments/report.py runs/l1_assl runs/l1_asl/results.jsonl --out reports/l1
+    python experiments/report.py runs/l2/{assl,asl,cold,cold_random} --out runs/l2/report
 
 Arguments are run directories (every *.jsonl below them is read) or results.jsonl
-files; ASSL and ASL runs may be mixed. They are read by `npc_jax.records.read_records`
-(typed round records; the files are never modified). See `npc_jax.report` for what
-is written.
+files; ASSL and ASL runs, warm and cold starts may be mixed (a cold start's rows are
+their own: mode ASSL-cold, ASSL-cold-random). They are read by
+`npc_jax.records.read_records`, file by file (typed round records; the files are
+never modified). See `npc_jax.report` for what is written.
 """
 import argparse
 import sys

@@ -4,15 +4,23 @@
 through `npc_jax.records.read_records`) of any number of runs, ASSL and ASL
 mixed, and writes into ``out_dir``:
 
-  report.md          accuracy table (the paper's layout) + the tables below
+  report.md          accuracy table (the paper's layout), paired statistics (95 %
+                     paired-t intervals, Wilcoxon p) to passive and to the best
+                     peer, the cold-start table, the tables below, the cost table
   accuracy.{png,svg}      accuracy vs labels, mean ± std over seeds, a panel per mode
   label_iou.{png,svg}     pairwise IoU of the acquired label sets (the paper's Fig. 1)
   class_counts.{png,svg}  classes of the acquired labels, uniform level marked
   lambda_min.{png,svg}    NPC: the chosen batch's λ_min vs the random candidates
 
-A row is a (mode, strategy) pair. Statistics are over seeds; std is the sample
-std (ddof=1) everywhere, undefined (nan) for a single seed. Accuracies are in
-percent. Everything but the plotting is a pure function of a list of records
+A row is a (mode, strategy) pair, the mode saying how the run started as well
+as how it trained (`report_modes`): "assl" / "asl" for a warm start (round 0
+trained on initial labels), "assl-cold" / "asl-cold" for a cold start (round 0
+has no label: the strategy picks the first batch, config.first_query_size
+labels, with no label), "assl-cold-random" / "asl-cold-random" for a cold start
+whose first batch comes from the randomly initialised network
+(config.cold_start_network == "random"). Statistics are over seeds; std is the
+sample std (ddof=1) everywhere, undefined (nan) for a single seed. Accuracies
+are in percent. Everything but the plotting is a pure function of a list of records
 (`Sequence[RoundRecord]`).
 """
 from __future__ import annotations
@@ -20,30 +28,42 @@ from __future__ import annotations
 import collections
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
+import scipy.stats
 
 from npc_jax.records import LambdaMinObjective, RoundRecord, read_records
+from npc_jax.storage import HUMAN_LABELS_FILE
 
 __all__ = [
     "MODE_ORDER",
     "MODE_TITLES",
+    "PairedStat",
     "Row",
     "Stat",
     "accuracy_markdown",
     "acquired_class_counts",
     "auc",
+    "best_peers",
+    "cold_start_summary",
+    "cost_summary",
     "label_set_iou",
     "lambda_min_rounds",
     "mean_std",
+    "mode_label",
     "paired_differences",
+    "paired_statistics",
+    "paired_test",
+    "peer_statistics",
     "plot_accuracy_curves",
     "plot_class_counts",
     "plot_label_iou",
     "plot_lambda_min",
     "report_markdown",
+    "report_modes",
     "row_name",
     "summarize",
     "write_report",
@@ -51,8 +71,14 @@ __all__ = [
 
 Row = tuple[str, str]  # (mode, strategy)
 
-MODE_ORDER = ("assl", "asl")
-MODE_TITLES = {"assl": "ASSL (FixMatch-DARP)", "asl": "ASL (supervised)"}
+# Warm start, then cold start, then cold start from the random network.
+MODE_ORDER = ("assl", "asl", "assl-cold", "asl-cold", "assl-cold-random", "asl-cold-random")
+MODE_TITLES = {"assl": "ASSL (FixMatch-DARP)", "asl": "ASL (supervised)",
+               "assl-cold": "ASSL, cold start",
+               "asl-cold": "ASL, cold start",
+               "assl-cold-random": "ASSL, cold start from the random network",
+               "asl-cold-random": "ASL, cold start from the random network"}
+_COLD, _RANDOM = "-cold", "-random"
 
 
 class Stat(NamedTuple):
@@ -71,23 +97,57 @@ def mean_std(values: Iterable[float]) -> Stat:
     return Stat(float(values.mean()), std, int(values.size))
 
 
+def mode_label(mode: str) -> str:
+    """A report mode as the tables write it: "ASSL", "ASL", "ASSL-cold", "ASSL-cold-random"."""
+    base, _, start = mode.partition("-")
+    return base.upper() + (f"-{start}" if start else "")
+
+
 def row_name(row: Row) -> str:
     mode, strategy = row
-    return f"{strategy} ({mode.upper()})"
+    return f"{strategy} ({mode_label(mode)})"
 
 
 # -- grouping ------------------------------------------------------------------------
 
 
+def report_modes(records: Sequence[RoundRecord]) -> list[str]:
+    """The report mode of each record: its mode, + "-cold" or "-cold-random" by its start.
+
+    A run (mode, strategy, seed, config_hash) is a cold start when its round-0
+    record has num_labels == 0 (or, with no round 0 among the records, when its
+    config has initial_labels == 0); a cold start from the random network when
+    also its config has cold_start_network == "random". Records without those
+    config fields (L1) keep their mode.
+
+    Returns: one mode per record, in the records' order.
+    """
+    run = lambda r: (r.mode, r.strategy, r.seed, r.config_hash)
+    cold = {run(r): r.num_labels == 0 for r in records if r.round == 0}
+    modes = []
+    for r in records:
+        if not cold.get(run(r), r.config.get("initial_labels") == 0):
+            modes.append(r.mode)
+        elif r.config.get("cold_start_network") == "random":
+            modes.append(r.mode + _COLD + _RANDOM)
+        else:
+            modes.append(r.mode + _COLD)
+    return modes
+
+
+def _with_modes(records: Sequence[RoundRecord]) -> list[tuple[str, RoundRecord]]:
+    return list(zip(report_modes(records), records))
+
+
 def _rows(records: Sequence[RoundRecord]) -> list[Row]:
-    """Rows by the strategies' first appearance (a config's order), modes ASSL then ASL."""
+    """Rows by the strategies' first appearance (a config's order), modes in MODE_ORDER."""
     strategies = list(dict.fromkeys(r.strategy for r in records))
-    present = {(r.mode, r.strategy) for r in records}
+    present = {(m, r.strategy) for m, r in _with_modes(records)}
     return [(m, s) for s in strategies for m in _modes(records) if (m, s) in present]
 
 
 def _modes(records: Sequence[RoundRecord]) -> list[str]:
-    return sorted({r.mode for r in records},
+    return sorted(set(report_modes(records)),
                   key=lambda m: (MODE_ORDER.index(m) if m in MODE_ORDER else len(MODE_ORDER), m))
 
 
@@ -95,8 +155,8 @@ def _by_row_seed(records: Sequence[RoundRecord]
                  ) -> dict[Row, dict[int, dict[int, RoundRecord]]]:
     """{row: {seed: {round: record}}}."""
     grouped = collections.defaultdict(lambda: collections.defaultdict(dict))
-    for r in records:
-        grouped[(r.mode, r.strategy)][r.seed][r.round] = r
+    for mode, r in _with_modes(records):
+        grouped[(mode, r.strategy)][r.seed][r.round] = r
     return grouped
 
 
@@ -120,34 +180,74 @@ def summarize(records: Sequence[RoundRecord]) -> dict:
     """Accuracy statistics per row and label count, and the AUC, over seeds.
 
     Returns a dict:
-      label_counts: {mode: sorted label counts of the mode} (the AUC's points)
+      label_counts: {mode: sorted label counts of the mode}
+      auc_counts: {mode: the AUC's points: the mode's label counts but 0 (a cold
+        start's round 0, the network before any label; L1: = label_counts)}
       max_seeds: the most seeds of any cell
       rows: {row: {"cells": {num_labels: Stat of accuracy in %},
                    "auc": Stat over the seeds with every point of the mode,
                    "seeds": sorted seeds, "auc_seeds": the seeds counted in "auc",
-                   "incomplete": {seed: the mode's counts it misses}}}, in report order.
+                   "incomplete": {seed: the mode's AUC points it misses}}}, in report order.
     """
     grouped = _by_row_seed(records)
     label_counts = collections.defaultdict(set)
-    for r in records:
-        label_counts[r.mode].add(r.num_labels)
+    for mode, r in _with_modes(records):
+        label_counts[mode].add(r.num_labels)
     label_counts = {mode: sorted(label_counts[mode]) for mode in _modes(records)}
+    auc_counts = {mode: [n for n in counts if n > 0] for mode, counts in label_counts.items()}
     rows = {}
     for row in _rows(records):
         # Rounds without a test accuracy (data with no labelled test split) are skipped.
         curves = {seed: {r.num_labels: 100.0 * r.test_accuracy for r in by_round.values()
                          if r.test_accuracy is not None}
                   for seed, by_round in sorted(grouped[row].items())}
-        counts = label_counts[row[0]]
+        counts = auc_counts[row[0]]
         cells = {n: mean_std(c[n] for c in curves.values() if n in c)
-                 for n in counts if any(n in c for c in curves.values())}
+                 for n in label_counts[row[0]] if any(n in c for c in curves.values())}
         incomplete = {seed: [n for n in counts if n not in c] for seed, c in curves.items()
                       if any(n not in c for n in counts)}
-        auc_seeds = [seed for seed in curves if seed not in incomplete]
+        auc_seeds = [seed for seed in curves if seed not in incomplete] if counts else []
         rows[row] = {"cells": cells, "auc": mean_std(auc(curves[s], counts) for s in auc_seeds),
                      "seeds": list(curves), "auc_seeds": auc_seeds, "incomplete": incomplete}
     max_seeds = max((c.n for r in rows.values() for c in r["cells"].values()), default=0)
-    return {"label_counts": label_counts, "max_seeds": max_seeds, "rows": rows}
+    return {"label_counts": label_counts, "auc_counts": auc_counts, "max_seeds": max_seeds,
+            "rows": rows}
+
+
+def _accuracies(by_round: Mapping[int, RoundRecord]) -> dict[int, float]:
+    """{num_labels: test accuracy in %} of one seed's rounds (those with an accuracy)."""
+    return {r.num_labels: 100.0 * r.test_accuracy for r in by_round.values()
+            if r.test_accuracy is not None}
+
+
+def _differences(grouped, row: Row, base: Row, above: int) -> dict[int, list[float]]:
+    """{num_labels > above: [row's accuracy - base's, per common seed, by seed]}."""
+    mine, theirs = grouped[row], grouped[base]
+    per_count = collections.defaultdict(list)
+    for seed in sorted(set(mine) & set(theirs)):
+        a, b = _accuracies(mine[seed]), _accuracies(theirs[seed])
+        for n in sorted(set(a) & set(b)):
+            per_count[n].append(a[n] - b[n])
+    return {n: d for n, d in sorted(per_count.items()) if n > above}
+
+
+def _smallest_counts(records: Sequence[RoundRecord]) -> dict[str, int]:
+    """{mode: its smallest label count} (where a mode's rows share the round-0 model)."""
+    smallest = {}
+    for mode, r in _with_modes(records):
+        smallest[mode] = min(smallest.get(mode, r.num_labels), r.num_labels)
+    return smallest
+
+
+def _baseline_row(grouped, mode: str, baseline: str) -> Row | None:
+    """The row a mode's rows are paired with: (mode, baseline), else for a cold start
+    from the random network the cold start's (passive picks without looking at the
+    network: the same labels and trainings, seed for seed)."""
+    for candidate in (mode, mode.removesuffix(_RANDOM) if mode.endswith(_COLD + _RANDOM)
+                      else None):
+        if candidate and grouped.get((candidate, baseline)):
+            return candidate, baseline
+    return None
 
 
 def paired_differences(records: Sequence[RoundRecord], baseline: str = "passive") -> dict:
@@ -164,22 +264,178 @@ def paired_differences(records: Sequence[RoundRecord], baseline: str = "passive"
       counts above the mode's smallest (where all rows share the model).
     """
     grouped = _by_row_seed(records)
+    smallest = _smallest_counts(records)
     out = {}
     for mode, strategy in _rows(records):
         base = grouped.get((mode, baseline))
         if strategy == baseline or not base:
             continue
-        mine = grouped[(mode, strategy)]
-        acc = lambda by_round: {r.num_labels: 100.0 * r.test_accuracy
-                                for r in by_round.values() if r.test_accuracy is not None}
-        per_count = collections.defaultdict(list)
-        for seed in sorted(set(mine) & set(base)):
-            a, b = acc(mine[seed]), acc(base[seed])
-            for n in sorted(set(a) & set(b)):
-                per_count[n].append(a[n] - b[n])
-        smallest = min((r.num_labels for r in records if r.mode == mode), default=0)
+        per_count = _differences(grouped, (mode, strategy), (mode, baseline), smallest[mode])
         out[(mode, strategy)] = {n: {"diff": mean_std(d), "wins": sum(x > 0 for x in d)}
-                                 for n, d in sorted(per_count.items()) if n > smallest}
+                                 for n, d in per_count.items()}
+    return out
+
+
+class PairedStat(NamedTuple):
+    """Paired differences of one label count: mean, sample std and n over the common
+    seeds, the `confidence` paired-t interval [low, high] of the mean (nan when
+    n < 2), and the two-sided Wilcoxon signed-rank p-value (nan when n < 2 or every
+    difference is 0)."""
+    mean: float
+    std: float
+    n: int
+    low: float
+    high: float
+    p: float
+
+
+def paired_test(differences: Iterable[float], confidence: float = 0.95) -> PairedStat:
+    """The paired-t interval and Wilcoxon p-value of per-seed differences.
+
+    Interval: mean ± t_{(1 + confidence) / 2, n - 1} · s / √n (scipy.stats.t; s the
+    sample std). p: scipy.stats.wilcoxon(differences), two-sided, zeros dropped
+    (its default zero_method), exact for small n without ties.
+    """
+    d = np.asarray(list(differences), dtype=float)
+    stat = mean_std(d)
+    low = high = p = math.nan
+    if stat.n >= 2:
+        half = float(scipy.stats.t.ppf(0.5 + confidence / 2, stat.n - 1)) * stat.std
+        half /= math.sqrt(stat.n)
+        low, high = stat.mean - half, stat.mean + half
+        if np.any(d != 0):
+            with warnings.catch_warnings():   # ties: the normal approximation, said once
+                warnings.simplefilter("ignore")
+                p = float(scipy.stats.wilcoxon(d, alternative="two-sided").pvalue)
+    return PairedStat(stat.mean, stat.std, stat.n, low, high, p)
+
+
+def _paired_row(grouped, row: Row, base: Row, above: int, confidence: float) -> dict:
+    counts = {n: paired_test(d, confidence)
+              for n, d in _differences(grouped, row, base, above).items()}
+    return {"baseline": base, "counts": counts,
+            "wins": sum(s.low > 0 for s in counts.values()),
+            "losses": sum(s.high < 0 for s in counts.values())}
+
+
+def paired_statistics(records: Sequence[RoundRecord], baseline: str = "passive",
+                      confidence: float = 0.95) -> dict:
+    """Paired intervals, Wilcoxon p-values, wins and losses against the baseline.
+
+    For every row of a mode that has the baseline (a cold start from the random
+    network without its own uses the cold start's: passive does not look at
+    the network), label counts above the mode's smallest, as
+    `paired_differences`.
+
+    Returns:
+      {row: {"baseline": the row compared with,
+             "counts": {num_labels: `PairedStat` of accuracy - baseline, in points},
+             "wins" / "losses": label counts whose interval lies above / below 0}}.
+    """
+    grouped = _by_row_seed(records)
+    smallest = _smallest_counts(records)
+    out = {}
+    for mode, strategy in _rows(records):
+        base = _baseline_row(grouped, mode, baseline)
+        if strategy == baseline or base is None:
+            continue
+        out[(mode, strategy)] = _paired_row(grouped, (mode, strategy), base, smallest[mode],
+                                            confidence)
+    return out
+
+
+def _is_npc(strategy: str) -> bool:
+    return strategy.startswith("npc")
+
+
+def best_peers(records: Sequence[RoundRecord], baseline: str = "passive") -> dict[str, Row]:
+    """{mode: its best peer}: the row of highest mean AUC (`summarize`) among the
+    mode's strategies that are neither NPC (a name starting with "npc") nor the
+    baseline; modes without such a row (or without an AUC) are left out."""
+    best = {}
+    for (mode, strategy), row in summarize(records)["rows"].items():
+        if _is_npc(strategy) or strategy == baseline or row["auc"].n == 0:
+            continue
+        if mode not in best or row["auc"].mean > best[mode][0]:
+            best[mode] = (row["auc"].mean, (mode, strategy))
+    return {mode: row for mode, (_, row) in best.items()}
+
+
+def peer_statistics(records: Sequence[RoundRecord], baseline: str = "passive",
+                    confidence: float = 0.95) -> dict:
+    """`paired_statistics` of every NPC row against its mode's best peer (`best_peers`).
+
+    Returns: {npc row: {"baseline": the peer row, "counts", "wins", "losses"}}.
+    """
+    grouped = _by_row_seed(records)
+    smallest = _smallest_counts(records)
+    peers = best_peers(records, baseline)
+    return {(mode, strategy): _paired_row(grouped, (mode, strategy), peers[mode],
+                                          smallest[mode], confidence)
+            for mode, strategy in _rows(records) if _is_npc(strategy) and mode in peers}
+
+
+# -- cold start and cost -----------------------------------------------------------------
+
+
+def cold_start_summary(records: Sequence[RoundRecord]) -> dict:
+    """The first batch of every cold-start row: its accuracy and its class coverage.
+
+    A seed counts when it has rounds 0 and 1. The first batch is round 0's
+    acquired labels; its classes are round 1's class_counts minus round 0's.
+
+    Returns:
+      {row: {"labels": Stat of round 1's num_labels,
+             "accuracy": Stat of round 1's test accuracy in % (the model trained
+               on the first batch),
+             "zero_shot": Stat of round 0's test accuracy in % (no label),
+             "coverage": Stat of the first batch's distinct classes,
+             "num_classes": len(class_counts), "seeds": the seeds counted}}
+      for the rows of cold modes, in report order.
+    """
+    grouped = _by_row_seed(records)
+    out = {}
+    for row in _rows(records):
+        if _COLD not in row[0]:
+            continue
+        seeds = {seed: b for seed, b in sorted(grouped[row].items()) if 0 in b and 1 in b}
+        if not seeds:
+            continue
+        batches = [np.subtract(b[1].class_counts, b[0].class_counts) for b in seeds.values()]
+        accuracy = lambda rounds: [100.0 * r.test_accuracy for r in rounds
+                                   if r.test_accuracy is not None]
+        out[row] = {"labels": mean_std(b[1].num_labels for b in seeds.values()),
+                    "accuracy": mean_std(accuracy(b[1] for b in seeds.values())),
+                    "zero_shot": mean_std(accuracy(b[0] for b in seeds.values())),
+                    "coverage": mean_std(int(np.count_nonzero(c > 0)) for c in batches),
+                    "num_classes": max(len(c) for c in batches), "seeds": list(seeds)}
+    return out
+
+
+def cost_summary(records: Sequence[RoundRecord]) -> dict:
+    """Seconds per round of every row: acquisition and training.
+
+    Per seed, the mean acquisition_seconds over its rounds that acquired
+    (non-empty acquired_indices, round 0 included) and the mean train_seconds
+    over rounds >= 1 (round 0's model is shared by the mode's strategies, or
+    untrained in a cold start); then mean ± std over the seeds.
+
+    Returns:
+      {row: {"acquisition": Stat of s per acquiring round, "acquisitions": Stat
+             of acquiring rounds per seed, "training": Stat of s per training
+             (n = 0 when no round >= 1), "seeds": the seeds}}, in report order.
+    """
+    grouped = _by_row_seed(records)
+    out = {}
+    for row in _rows(records):
+        acquiring = {seed: [r.acquisition_seconds for r in b.values() if r.acquired_indices]
+                     for seed, b in sorted(grouped[row].items())}
+        trained = {seed: [r.train_seconds for r in b.values() if r.round >= 1]
+                   for seed, b in sorted(grouped[row].items())}
+        out[row] = {"acquisition": mean_std(np.mean(a) for a in acquiring.values() if a),
+                    "acquisitions": mean_std(len(a) for a in acquiring.values()),
+                    "training": mean_std(np.mean(t) for t in trained.values() if t),
+                    "seeds": list(acquiring)}
     return out
 
 
@@ -278,9 +534,9 @@ def lambda_min_rounds(records: Sequence[RoundRecord]) -> dict[Row, list[dict]]:
              chosen_over_median: Stat over seeds of λ_min / random median]}.
     """
     per_round = collections.defaultdict(lambda: collections.defaultdict(list))
-    for r in records:
+    for mode, r in _with_modes(records):
         if isinstance(r.objective, LambdaMinObjective):
-            per_round[(r.mode, r.strategy)][(r.round, r.num_labels)].append(r.objective)
+            per_round[(mode, r.strategy)][(r.round, r.num_labels)].append(r.objective)
     result = {}
     for row in _rows(records):
         if row not in per_round:
@@ -330,23 +586,25 @@ def accuracy_markdown(summary: dict) -> str:
     for (mode, strategy), row in summary["rows"].items():
         stats = {n: row["cells"].get(n, Stat(math.nan, math.nan, 0)) for n in counts}
         stats["auc"] = row["auc"]
-        table.append([strategy, mode.upper()]
+        table.append([strategy, mode_label(mode)]
                      + [_cell(stat, max_seeds, rows_per_mode[mode] > 1 and stat.n > 0
                               and stat.mean == best[(mode, column)])
                         for column, stat in stats.items()]
                      + [str(len(row["seeds"]))])
         for seed, missing in row["incomplete"].items():
-            notes.append(f"- {strategy} ({mode.upper()}) seed {seed} has no accuracy at "
+            notes.append(f"- {strategy} ({mode_label(mode)}) seed {seed} has no accuracy at "
                          f"{', '.join(map(str, missing))} labels: its AUC leaves the seed out "
                          f"(AUC over seeds {', '.join(map(str, row['auc_seeds'])) or 'none'}).")
-    schedules = {tuple(c) for c in summary["label_counts"].values()}
+    schedules = {tuple(c) for c in summary["auc_counts"].values()}
     points = (", ".join(map(str, *schedules)) if len(schedules) == 1 else
-              "; ".join(f"{mode.upper()}: {', '.join(map(str, c))}"
-                        for mode, c in summary["label_counts"].items()))
+              "; ".join(f"{mode_label(mode)}: {', '.join(map(str, c))}"
+                        for mode, c in summary["auc_counts"].items()))
+    zero_shot = (" 0 labels: a cold start's network before any label (the model the first "
+                 "batch is chosen with), not in the AUC." if 0 in counts else "")
     lines = [f"Test accuracy (%), mean ± sample std (ddof=1) over seeds, {max_seeds} seeds per "
              "cell unless marked ⚠n=k (fewer seeds). AUC: a seed's mean accuracy over its "
              f"mode's label counts ({points}), then mean ± std over the seeds that reached "
-             "all of them. Bold: the best mean of a column within a mode.", ""]
+             "all of them. Bold: the best mean of a column within a mode." + zero_shot, ""]
     lines += _table(["strategy", "mode", *map(str, counts), "AUC", "seeds"], table, 2)
     return "\n".join(lines + ([""] + notes if notes else []))
 
@@ -357,13 +615,16 @@ def _number(value: float) -> str:
 
 def report_markdown(records: Sequence[RoundRecord], sources: Sequence[str] = (),
                     figures: Sequence[str] = ()) -> str:
-    """The whole report.md: accuracy, label-set IoU, class counts, NPC's λ_min."""
+    """The whole report.md: accuracy, paired differences and statistics, the cold start,
+    label-set IoU, class counts, NPC's λ_min, cost."""
     summary = summarize(records)
     dataset = next((r.dataset for r in records if r.dataset), "unknown dataset")
     lines = [f"# Report: {dataset}", "",
              f"{len(records)} records from {', '.join(map(str, sources)) or 'memory'}.", "",
              "## Accuracy", "", accuracy_markdown(summary), ""]
     lines += _paired_section(records)
+    lines += _paired_statistics_section(records, summary)
+    lines += _cold_start_section(records)
 
     names, iou = label_set_iou(records)
     lines += ["## Overlap of the acquired label sets", "",
@@ -375,6 +636,7 @@ def report_markdown(records: Sequence[RoundRecord], sources: Sequence[str] = (),
                      for a, line in zip(names, iou)), 1)
     lines += _class_counts_section(records)
     lines += _lambda_min_section(records)
+    lines += _cost_section(records)
     if figures:
         lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
@@ -391,12 +653,135 @@ def _paired_section(records: Sequence[RoundRecord]) -> list[str]:
              "model), in points: mean ± sample std over the common seeds, (wins / seeds).",
              ""]
     lines += _table(["strategy", "mode", *map(str, counts)],
-                    ([strategy, mode.upper(),
+                    ([strategy, mode_label(mode),
                       *(f"{row[n]['diff'].mean:+.2f} ± {row[n]['diff'].std:.2f} "
                         f"({row[n]['wins']}/{row[n]['diff'].n})" if n in row else "—"
                         for n in counts)]
                      for (mode, strategy), row in paired.items()), 2)
     return lines + [""]
+
+
+def _p_value(p: float) -> str:
+    if not math.isfinite(p):
+        return "—"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _paired_cell(stat: PairedStat, max_seeds: int) -> str:
+    """mean [low, high] p=…, bold when the interval excludes 0, ⚠n=k under max_seeds."""
+    interval = (f"[{stat.low:+.2f}, {stat.high:+.2f}]" if math.isfinite(stat.low) else "[—]")
+    text = f"{stat.mean:+.2f} {interval}"
+    text = f"**{text}**" if stat.low > 0 or stat.high < 0 else text
+    return text + f" p={_p_value(stat.p)}" + (f" ⚠n={stat.n}" if stat.n < max_seeds else "")
+
+
+def _paired_table(paired: dict, with_baseline: bool) -> list[str]:
+    counts = sorted({n for row in paired.values() for n in row["counts"]})
+    body = []
+    for (mode, strategy), row in paired.items():
+        seeds = max((s.n for s in row["counts"].values()), default=0)
+        body.append([strategy, mode_label(mode),
+                     *([row["baseline"][1]] if with_baseline else []),
+                     *(_paired_cell(row["counts"][n], seeds) if n in row["counts"] else "—"
+                       for n in counts),
+                     str(row["wins"]), str(row["losses"]), str(seeds)])
+    header = ["strategy", "mode", *(["peer"] if with_baseline else []), *map(str, counts),
+              "wins", "losses", "seeds"]
+    return _table(header, body, 3 if with_baseline else 2)
+
+
+def _paired_statistics_section(records: Sequence[RoundRecord], summary: dict) -> list[str]:
+    """report.md's 95 % intervals and Wilcoxon p-values, to passive and to the best peer."""
+    to_passive = paired_statistics(records)
+    to_peer = peer_statistics(records)
+    if not to_passive and not to_peer:
+        return []
+    lines = ["## Paired statistics: 95 % intervals and Wilcoxon tests", "",
+             "Per seed, a row's accuracy minus the compared row's on the same seed, in points, "
+             "at the label counts above the mode's smallest. Cell: mean [95 % confidence "
+             "interval] p. The interval is the paired t interval over the common seeds, mean ± "
+             "t(0.975, n − 1) · s / √n (scipy.stats.t, s the sample std; [—] when n < 2); p is "
+             "the two-sided Wilcoxon signed-rank test of the same differences "
+             "(scipy.stats.wilcoxon, zero differences dropped; — when n < 2 or every "
+             "difference is 0). Bold: the interval excludes 0. wins / losses: the label counts "
+             "whose interval lies above / below 0. ⚠n=k: fewer seeds than the row's most.", ""]
+    if to_passive:
+        borrowed = {mode: row["baseline"][0] for (mode, _), row in to_passive.items()
+                    if row["baseline"][0] != mode}
+        lines += ["### To passive", ""]
+        if borrowed:
+            lines += ["; ".join(f"The rows of {mode_label(mode)} are paired with passive of "
+                                f"{mode_label(base)}" for mode, base in borrowed.items())
+                      + " (passive picks without looking at the network: the same labels "
+                      "and trainings, seed for seed).", ""]
+        lines += _paired_table(to_passive, with_baseline=False) + [""]
+    if to_peer:
+        peers = {mode: row["baseline"] for (mode, _), row in to_peer.items()}
+        lines += ["### NPC to the best peer", "",
+                  "Every NPC row (a strategy name starting with npc) against the best peer of "
+                  "its mode: the strategy of highest mean AUC that is neither NPC nor passive ("
+                  + "; ".join(f"{mode_label(mode)}: {s} (AUC "
+                              f"{summary['rows'][(mode, s)]['auc'].mean:.2f})"
+                              for mode, (_, s) in peers.items()) + ").", ""]
+        lines += _paired_table(to_peer, with_baseline=True) + [""]
+    return lines
+
+
+def _cold_start_section(records: Sequence[RoundRecord]) -> list[str]:
+    """report.md's first batch of the cold starts (nothing without a cold start)."""
+    cold = cold_start_summary(records)
+    if not cold:
+        return []
+    max_seeds = max(len(row["seeds"]) for row in cold.values())
+    lines = ["## Cold start: the first batch", "",
+             "Runs without an initial label: the strategy picks the first batch (round 0's "
+             "query) with no label. after it: test accuracy (%) of round 1, the model trained "
+             "on the first batch; zero-shot: round 0's, the network the batch was chosen with "
+             "(classifier untrained); both mean ± sample std over seeds. classes: distinct "
+             "classes in the first batch (round 1's class_counts minus round 0's), mean ± std "
+             "over seeds, out of the dataset's classes.", ""]
+    body = []
+    for (mode, strategy), row in cold.items():
+        coverage = row["coverage"]
+        body.append([strategy, mode_label(mode), f"{row['labels'].mean:g}",
+                     _cell(row["accuracy"], max_seeds), _cell(row["zero_shot"], max_seeds),
+                     f"{coverage.mean:.1f}" + (f" ± {coverage.std:.1f}" if coverage.n > 1
+                                               else "") + f" / {row['num_classes']}",
+                     str(len(row["seeds"]))])
+    return lines + _table(["strategy", "mode", "first batch", "after it", "zero-shot",
+                           "classes", "seeds"], body, 2) + [""]
+
+
+def _seconds(stat: Stat) -> str:
+    if stat.n == 0:
+        return "—"
+    return f"{stat.mean:.3g}" + (f" ± {stat.std:.2g}" if stat.n > 1 else "")
+
+
+def _cost_section(records: Sequence[RoundRecord]) -> list[str]:
+    """report.md's seconds per round of acquisition and training."""
+    cost = cost_summary(records)
+    lines = ["", "## Cost per round", "",
+             "Seconds as recorded, on the machines that ran the records. acquisition: per seed "
+             "the mean acquisition_seconds over the rounds that acquired (round 0 included), "
+             "then mean ± sample std over seeds; acquisitions: acquiring rounds per seed. "
+             "training: the same for train_seconds over rounds ≥ 1 (round 0's model is shared "
+             "by a mode's strategies, or untrained in a cold start).", ""]
+    lines += _table(["strategy", "mode", "acquisition (s / round)", "acquisitions",
+                     "training (s / round)", "seeds"],
+                    ([strategy, mode_label(mode), _seconds(row["acquisition"]),
+                      f"{row['acquisitions'].mean:g}", _seconds(row["training"]),
+                      str(len(row["seeds"]))]
+                     for (mode, strategy), row in cost.items()), 2)
+    pretrained = {(p.method, p.steps, p.key) for p in (r.pretraining for r in records) if p}
+    if pretrained:
+        trainings = sum(1 for r in records if r.pretraining and r.round >= 1)
+        lines += ["", "Pretraining (its time is not in the records; amortised, it adds its "
+                  f"time / {trainings} to each of the {trainings} trainings of rounds ≥ 1 "
+                  "that started from it): "
+                  + "; ".join(f"{method}, {steps} steps ({key})"
+                              for method, steps, key in sorted(pretrained)) + "."]
+    return lines
 
 
 def _class_counts_section(records: Sequence[RoundRecord]) -> list[str]:
@@ -478,7 +863,8 @@ def _panels(count: int, max_columns: int, panel_size: tuple[float, float], **kwa
 
 def plot_accuracy_curves(summary: dict, stem: Path,
                          formats: Sequence[str] = ("png", "svg")) -> list[Path]:
-    """Accuracy vs labels, mean ± std over seeds, a line per strategy, a panel per mode."""
+    """Accuracy vs labels, mean ± std over seeds, a line per strategy, a panel per mode
+    (the label counts of the AUC: a cold start's 0 labels left out)."""
     modes = list(dict.fromkeys(mode for mode, _ in summary["rows"]))
     colors = _strategy_colors(summary["rows"])
     fig, axes = _panels(len(modes), len(modes), (5.5, 4.2), sharey=True)
@@ -486,13 +872,16 @@ def plot_accuracy_curves(summary: dict, stem: Path,
         for (row_mode, strategy), row in summary["rows"].items():
             if row_mode != mode:
                 continue
-            counts = sorted(row["cells"])
+            # A cold start's 0 labels (the untrained network, ~chance) would squash the axis.
+            counts = [n for n in sorted(row["cells"]) if n > 0]
+            if not counts:
+                continue
             stats = [row["cells"][n] for n in counts]
             ax.errorbar(counts, [s.mean for s in stats], capsize=3, marker="o", ms=4,
                         yerr=[0.0 if math.isnan(s.std) else s.std for s in stats],
                         color=colors[strategy], label=f"{strategy} (n={max(s.n for s in stats)})")
         ax.set_title(MODE_TITLES.get(mode, mode))
-        ax.set_xticks(summary["label_counts"][mode])
+        ax.set_xticks(summary["auc_counts"][mode])
         ax.set_xlabel("number of labels")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -567,14 +956,48 @@ def plot_lambda_min(rounds: Mapping[Row, list[dict]], stem: Path) -> list[Path]:
     return _save(fig, stem)
 
 
+def _read_runs(paths: Sequence[str | os.PathLike]) -> list[RoundRecord]:
+    """`read_records` of `paths`, one .jsonl file at a time, duplicates refused by row.
+
+    read_records refuses the same (mode, strategy, seed, round) twice across
+    its files, a key a warm and a cold start of one strategy and seed share
+    (L2: assl/ and cold/). So each file is read on its own (read_records keeps
+    refusing bad paths, bad lines and repeats within a file; a file reached
+    twice is read once), and a repeat is refused here by (report mode, strategy,
+    seed, round): the same run passed twice still fails. Same records, in the
+    same order, as read_records(paths) where that succeeds.
+    """
+    records, origin, seen = [], [], set()
+    for path in map(Path, paths):
+        files = (sorted(f for f in path.rglob("*.jsonl") if f.name != HUMAN_LABELS_FILE)
+                 if path.is_dir() else [path])
+        fresh = [f for f in files if f.resolve() not in seen]
+        seen.update(f.resolve() for f in fresh)
+        found = [(file, read_records([file], missing_ok=True)) for file in fresh]
+        if not any(part for _, part in found) and len(fresh) == len(files):
+            read_records([path])   # raises its error: no such path, or no records
+        for file, part in found:
+            records += part
+            origin += [file] * len(part)
+    first = {}
+    for mode, record, file in zip(report_modes(records), records, origin):
+        key = (mode, record.strategy, record.seed, record.round)
+        if key in first:
+            raise ValueError(f"(mode, strategy, seed, round) = {key} is recorded in {first[key]} "
+                             f"and in {file}; pass each run once.")
+        first[key] = file
+    return records
+
+
 def write_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list[Path]:
     """Reads the records under `paths`, writes report.md and the figures; returns their paths.
 
     Raises:
       ValueError: `npc_jax.records.read_records`'s refusals (a records
-        error is a ValueError); records of several datasets; `out_dir` is a file.
+        error is a ValueError); the same (report mode, strategy, seed, round)
+        twice; records of several datasets; `out_dir` is a file.
     """
-    records = read_records(paths)
+    records = _read_runs(paths)
     datasets = sorted({r.dataset for r in records if r.dataset})
     if len(datasets) > 1:
         raise ValueError(f"The records come from several datasets ({', '.join(datasets)}); "

@@ -1,3 +1,4 @@
+import dataclasses
 import importlib.util
 import json
 import math
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from npc_jax import records as records_lib
 from npc_jax import report
@@ -166,11 +168,31 @@ def test_the_committed_l1_report_is_reproduced_bit_for_bit(tmp_path, monkeypatch
     matplotlib = pytest.importorskip("matplotlib")
     monkeypatch.chdir(ROOT)                      # report.md names its sources as given
     _cli().main(["records/l1", "--out", str(tmp_path)])
-    assert (tmp_path / "report.md").read_bytes() == (COMMITTED_REPORT / "report.md").read_bytes()
+    drawn = (tmp_path / "report.md").read_text(encoding="utf-8")
+    committed = (COMMITTED_REPORT / "report.md").read_text(encoding="utf-8")
+    # The sections added since (issue 18) may be absent from the committed copy;
+    # every other section is the same, byte for byte, in the same place.
+    assert _without_sections(drawn, set(NEW_SECTIONS) - set(_headings(committed))) == committed
+    assert set(_headings(drawn)) - set(_headings(committed)) <= set(NEW_SECTIONS)
+    assert "## Cold start" not in drawn     # L1 has no cold start
     for committed in sorted(COMMITTED_REPORT.glob("*.svg")):
         drawn_by = re.search(rb"Matplotlib v([0-9][^ ]*) ", committed.read_bytes())
         if drawn_by and drawn_by.group(1).decode() == matplotlib.__version__:
             assert (tmp_path / committed.name).read_bytes() == committed.read_bytes(), committed
+
+
+NEW_SECTIONS = ("## Paired statistics: 95 % intervals and Wilcoxon tests",
+                "## Cold start: the first batch", "## Cost per round")
+
+
+def _headings(text):
+    return re.findall(r"(?m)^## .*$", text)
+
+
+def _without_sections(text, headings):
+    """`text` less the sections (a "## " heading up to the next one) with these headings."""
+    parts = re.split(r"(?m)^(?=## )", text)
+    return "".join(p for p in parts if p.split("\n", 1)[0] not in headings)
 
 
 def test_write_report_refuses_records_of_several_datasets(tmp_path):
@@ -218,3 +240,214 @@ def test_paired_differences_to_passive_by_hand():
     np.testing.assert_allclose(at_50["diff"].std, np.std([-5, 10], ddof=1))
     text = report.report_markdown(records)
     assert "## Paired differences to passive" in text and "+10.00 ± 0.00 (2/2)" in text
+
+
+# -- issue 18: starts as part of the row, paired statistics, cold start, cost ---------
+
+T_975 = {2: 4.302652729749464, 3: 3.1824463052837078}   # t(0.975, df), from tables
+
+
+def _cold_run(mode, strategy, seed, accuracies, network="pretrained", first_batch=(4, 0, 6),
+              acquisition_seconds=(0.0,), train_seconds=(0.0,)):
+    """A cold start: round 0 has no label and picks 10, then rounds of 20 (0, 10, 30, ...)."""
+    config = {"dataset": "toy", "initial_labels": 0, "first_query_size": 10,
+              "cold_start_network": network}
+    at = lambda values, r: values[min(r, len(values) - 1)]   # the last for later rounds
+    counts = [[0, 0, 0]] + [[first_batch[0] + 20 * (r - 1), *first_batch[1:]]
+                            for r in range(1, len(accuracies))]
+    return [make_record(mode=mode, strategy=strategy, seed=seed, round=r,
+                        num_labels=0 if r == 0 else 10 + 20 * (r - 1), test_accuracy=accuracy,
+                        acquired_indices=[100 + r] if r < len(accuracies) - 1 else [],
+                        class_counts=counts[r], config=config,
+                        config_hash=f"cold-{network}".ljust(16, "0"),
+                        acquisition_seconds=at(acquisition_seconds, r),
+                        train_seconds=at(train_seconds, r))
+            for r, accuracy in enumerate(accuracies)]
+
+
+def _starts():
+    """passive and npc warm (ASSL), cold from the pretrained network, and npc cold from
+    the random network; one seed each."""
+    warm = {"dataset": "toy", "initial_labels": 10, "cold_start_network": "pretrained"}
+    return ([dataclasses.replace(r, config=warm) for r in _run("assl", "passive", 0, [0.5, 0.6])
+             + _run("assl", "npc", 0, [0.5, 0.7])]
+            + _cold_run("assl", "passive", 0, [0.1, 0.4, 0.6])
+            + _cold_run("assl", "npc", 0, [0.1, 0.5, 0.8])
+            + _cold_run("assl", "npc", 0, [0.12, 0.45, 0.7], network="random"))
+
+
+def test_cold_starts_are_rows_of_their_own():
+    records = _starts()
+    assert report.report_modes(records) == ["assl"] * 4 + ["assl-cold"] * 6 + \
+        ["assl-cold-random"] * 3
+    summary = report.summarize(records)
+    assert list(summary["rows"]) == [("assl", "passive"), ("assl-cold", "passive"),
+                                     ("assl", "npc"), ("assl-cold", "npc"),
+                                     ("assl-cold-random", "npc")]
+    assert summary["label_counts"]["assl-cold"] == [0, 10, 30]
+    assert summary["auc_counts"]["assl-cold"] == [10, 30]      # 0: no label, not in the AUC
+    cold_npc = summary["rows"][("assl-cold", "npc")]
+    assert cold_npc["cells"][0].mean == pytest.approx(10.0)
+    assert cold_npc["auc"].mean == pytest.approx(65.0)          # (50 + 80) / 2
+    assert summary["rows"][("assl", "npc")]["auc"].mean == pytest.approx(60.0)
+    text = report.accuracy_markdown(summary)
+    assert "| npc | ASSL-cold-random | 12.00 |" in text and "not in the AUC" in text
+    assert "label counts (10, 30)" in text
+    # Warm paired differences stay within the warm rows; the cold ones start at 10.
+    paired = report.paired_differences(records)
+    assert set(paired) == {("assl", "npc"), ("assl-cold", "npc")}
+    assert paired[("assl", "npc")][30]["diff"].mean == pytest.approx(10.0)
+    assert paired[("assl-cold", "npc")][10]["diff"].mean == pytest.approx(10.0)
+    assert report.MODE_ORDER.index("assl-cold-random") > report.MODE_ORDER.index("assl-cold") \
+        > report.MODE_ORDER.index("asl") > report.MODE_ORDER.index("assl")
+    assert set(report.MODE_ORDER) <= set(report.MODE_TITLES)
+
+
+def test_a_run_without_round_0_is_placed_by_its_config():
+    cold = _cold_run("asl", "npc", 3, [0.1, 0.5, 0.8])[1:]      # round 0 not among these
+    assert report.report_modes(cold) == ["asl-cold", "asl-cold"]
+    assert report.report_modes(_records()) == [r.mode for r in _records()]   # L1: unchanged
+
+
+def test_paired_test_by_hand():
+    d = [1.0, 2.0, 3.0, 6.0]                  # mean 3, s = √(14/3)
+    stat = report.paired_test(d)
+    half = T_975[3] * math.sqrt(14 / 3) / 2
+    assert (stat.mean, stat.n) == (3.0, 4) and stat.std == pytest.approx(math.sqrt(14 / 3))
+    assert (stat.low, stat.high) == pytest.approx((3.0 - half, 3.0 + half))
+    assert stat.p == pytest.approx(2 / 16)    # exact: all 4 signs positive, two-sided
+    assert stat.p == pytest.approx(scipy.stats.wilcoxon(d).pvalue)
+    mixed = [2.0, -1.0, 3.0, 0.5, -4.0]
+    assert report.paired_test(mixed).p == pytest.approx(scipy.stats.wilcoxon(mixed).pvalue)
+    zeros = report.paired_test([0.0, 0.0, 0.0])
+    assert math.isnan(zeros.p) and (zeros.low, zeros.high) == (0.0, 0.0)
+    single = report.paired_test([5.0])
+    assert math.isnan(single.low) and math.isnan(single.high) and math.isnan(single.p)
+    assert report.paired_test([]).n == 0
+
+
+def _offset_runs(mode, strategy, base, offsets):
+    """Seeds 0.. of a strategy whose accuracy is base + offsets[seed][k] points at round k+1."""
+    return [r for seed, offs in enumerate(offsets)
+            for r in _run(mode, strategy, seed,
+                          [base[0]] + [b + o / 100 for b, o in zip(base[1:], offs)])]
+
+
+BASE = [0.5, 0.6, 0.7, 0.8]     # passive, every seed: 50, 60, 70, 80 % at 10, 30, 50, 70
+
+
+def test_paired_statistics_intervals_wins_and_losses():
+    npc = [[10, -5, -4], [12, 5, -6], [14, 3, -5]]   # seeds 0-2 at 30, 50, 70 labels
+    records = (_offset_runs("assl", "passive", BASE, [[0, 0, 0]] * 3)
+               + _offset_runs("assl", "npc", BASE, npc))
+    stats = report.paired_statistics(records)
+    assert list(stats) == [("assl", "npc")]
+    row = stats[("assl", "npc")]
+    assert row["baseline"] == ("assl", "passive") and sorted(row["counts"]) == [30, 50, 70]
+    at_30, at_50, at_70 = (row["counts"][n] for n in (30, 50, 70))
+    half = T_975[2] * 2 / math.sqrt(3)              # s = 2 at 30, 1 at 70
+    assert (at_30.low, at_30.high) == pytest.approx((12 - half, 12 + half))
+    assert (at_70.low, at_70.high) == pytest.approx((-5 - half / 2, -5 + half / 2))
+    assert at_50.low < 0 < at_50.high
+    assert at_30.p == pytest.approx(0.25)           # exact: 3 positive signs of 3
+    assert at_50.p == pytest.approx(scipy.stats.wilcoxon([-5, 5, 3]).pvalue, rel=1e-6)
+    assert (row["wins"], row["losses"]) == (1, 1)   # 30 above 0, 70 below, 50 neither
+    text = report.report_markdown(records)
+    assert "### To passive" in text and "t(0.975, n − 1)" in text
+    assert f"**+12.00 [{12 - half:+.2f}, {12 + half:+.2f}]** p=0.250" in text
+    assert "| npc | ASSL | **+12.00" in text and "| 1 | 1 | 3 |" in text
+
+
+def test_best_peer_is_the_best_non_npc_non_passive_by_auc():
+    records = (_offset_runs("assl", "passive", BASE, [[20, 20, 20]] * 2)     # best, excluded
+               + _offset_runs("assl", "npc", BASE, [[3, 4, 5], [5, 4, 3]])
+               + _offset_runs("assl", "npc_full", BASE, [[30, 30, 30]] * 2)  # NPC: excluded
+               + _offset_runs("assl", "margin", BASE, [[2, 2, 2], [0, 0, 0]])  # AUC 65.75
+               + _offset_runs("assl", "badge", BASE, [[1, 1, 1], [0, 0, 0]])   # AUC 65.375
+               + _offset_runs("asl", "passive", BASE, [[0, 0, 0]] * 2)
+               + _offset_runs("asl", "npc", BASE, [[1, 1, 1]] * 2))           # no ASL peer
+    assert report.best_peers(records) == {"assl": ("assl", "margin")}
+    peer = report.peer_statistics(records)
+    assert list(peer) == [("assl", "npc"), ("assl", "npc_full")]
+    npc = peer[("assl", "npc")]
+    assert npc["baseline"] == ("assl", "margin")
+    assert npc["counts"][30].mean == pytest.approx(3.0)   # (3 - 2 + 5 - 0) / 2
+    assert npc["counts"][70].mean == pytest.approx(3.0)   # (5 - 2 + 3 - 0) / 2
+    assert peer[("assl", "npc_full")]["counts"][50].mean == pytest.approx(29.0)
+    text = report.report_markdown(records)
+    assert "### NPC to the best peer" in text and "ASSL: margin (AUC 65.75)" in text
+    assert "| npc | ASSL | margin | +3.00" in text
+
+
+def test_cold_random_rows_are_paired_with_the_cold_passive():
+    records = (_cold_run("assl", "passive", 0, [0.1, 0.4, 0.6])
+               + _cold_run("assl", "passive", 1, [0.1, 0.3, 0.5])
+               + _cold_run("assl", "npc", 0, [0.1, 0.5, 0.8], network="random")
+               + _cold_run("assl", "npc", 1, [0.1, 0.4, 0.6], network="random")
+               + _cold_run("assl", "badge", 0, [0.1, 0.45, 0.7], network="random")
+               + _cold_run("assl", "badge", 1, [0.1, 0.35, 0.5], network="random"))
+    stats = report.paired_statistics(records)
+    assert stats[("assl-cold-random", "npc")]["baseline"] == ("assl-cold", "passive")
+    assert stats[("assl-cold-random", "npc")]["counts"][10].mean == pytest.approx(10.0)
+    assert report.paired_differences(records) == {}     # the plain table: own passive only
+    assert report.best_peers(records) == {"assl-cold-random": ("assl-cold-random", "badge")}
+    peer = report.peer_statistics(records)[("assl-cold-random", "npc")]
+    assert peer["counts"][30].mean == pytest.approx(10.0)   # (80 - 70 + 60 - 50) / 2
+    text = report.report_markdown(records)
+    assert "The rows of ASSL-cold-random are paired with passive of ASSL-cold" in text
+
+
+def test_cold_start_table_accuracy_and_class_coverage():
+    records = (_run("assl", "passive", 0, [0.5, 0.6])                          # warm: no row
+               + _cold_run("assl", "passive", 0, [0.1, 0.4, 0.6], first_batch=(10, 0, 0))
+               + _cold_run("assl", "passive", 1, [0.1, 0.5, 0.6], first_batch=(5, 5, 0))
+               + _cold_run("assl", "npc", 0, [0.1, 0.6, 0.8], first_batch=(4, 3, 3))
+               + _cold_run("assl", "npc", 1, [0.2, 0.7, 0.8], first_batch=(2, 6, 2))
+               + _cold_run("assl", "npc", 2, [0.1], first_batch=(2, 6, 2)))   # no round 1
+    cold = report.cold_start_summary(records)
+    assert list(cold) == [("assl-cold", "passive"), ("assl-cold", "npc")]
+    passive, npc = cold[("assl-cold", "passive")], cold[("assl-cold", "npc")]
+    assert passive["coverage"] == pytest.approx((1.5, math.sqrt(0.5), 2))   # 1 and 2 classes
+    assert npc["coverage"] == pytest.approx((3.0, 0.0, 2)) and npc["num_classes"] == 3
+    assert npc["accuracy"] == pytest.approx((65.0, math.sqrt(50), 2))
+    assert npc["zero_shot"].mean == pytest.approx(15.0) and npc["seeds"] == [0, 1]
+    assert npc["labels"].mean == 10
+    text = report.report_markdown(records)
+    assert "## Cold start: the first batch" in text
+    assert "| npc | ASSL-cold | 10 | 65.00 ± 7.07 | 15.00 ± 7.07 | 3.0 ± 0.0 / 3 | 2 |" in text
+    assert "| passive | ASSL-cold | 10 | 45.00 ± 7.07 | 10.00 ± 0.00 | 1.5 ± 0.7 / 3 | 2 |" \
+        in text
+
+
+def test_cost_per_round():
+    records = (_cold_run("assl", "npc", 0, [0.1, 0.5, 0.8], acquisition_seconds=(4.0, 2.0, 0.0),
+                         train_seconds=(0.0, 10.0, 20.0))
+               + _cold_run("assl", "npc", 1, [0.1, 0.5, 0.8], acquisition_seconds=(6.0, 4.0, 0.0),
+                           train_seconds=(0.0, 30.0, 40.0)))
+    cost = report.cost_summary(records)[("assl-cold", "npc")]
+    # Rounds 0 and 1 acquired: seed means 3 and 5; training over rounds 1, 2: 15 and 35.
+    assert cost["acquisition"] == pytest.approx((4.0, math.sqrt(2), 2))
+    assert cost["acquisitions"].mean == 2
+    assert cost["training"] == pytest.approx((25.0, math.sqrt(200), 2))
+    text = report.report_markdown(records)
+    assert "| npc | ASSL-cold | 4 ± 1.4 | 2 | 25 ± 14 | 2 |" in text
+
+
+def test_warm_and_cold_runs_are_read_together_but_a_run_only_once(tmp_path):
+    records, modes = _starts(), report.report_modes(_starts())
+    part = lambda mode: [r for r, m in zip(records, modes) if m == mode]
+    warm = part("assl")
+    _write(tmp_path / "l2" / "assl.jsonl", warm)    # the layout of records/l2 (scripts/l2.sh)
+    _write(tmp_path / "l2" / "cold.jsonl", part("assl-cold"))
+    _write(tmp_path / "l2" / "cold_random.jsonl", part("assl-cold-random"))
+    written = report.write_report([tmp_path / "l2"], tmp_path / "out")   # same (mode, strategy,
+    text = written[0].read_text()                                        # seed, round): both read
+    assert "| npc | ASSL-cold |" in text and "| npc | ASSL |" in text
+    assert "## Cold start: the first batch" in text and "## Cost per round" in text
+    assert (tmp_path / "out" / "accuracy.png").exists()
+    _write(tmp_path / "copy" / "results.jsonl", warm)
+    with pytest.raises(ValueError, match=r"\('assl', 'passive', 0, 0\) is recorded in .*assl"
+                                         r"\.jsonl and in .*copy.*results\.jsonl"):
+        report.write_report([tmp_path / "l2", tmp_path / "copy"], tmp_path / "out")
+    # A file reached twice (its directory and itself) is read once.
+    report.write_report([tmp_path / "l2", tmp_path / "l2" / "assl.jsonl"], tmp_path / "out")
