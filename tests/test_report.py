@@ -226,7 +226,8 @@ def test_cli_writes_the_report_and_all_figures(tmp_path):
 
 
 def test_paired_differences_to_passive_by_hand():
-    records = (_run("assl", "passive", 0, [0.5, 0.6, 0.7]) + _run("assl", "passive", 1, [0.4, 0.5, 0.8])
+    records = (_run("assl", "passive", 0, [0.5, 0.6, 0.7])
+               + _run("assl", "passive", 1, [0.4, 0.5, 0.8])
                + _run("assl", "npc", 0, [0.5, 0.7, 0.65]) + _run("assl", "npc", 1, [0.4, 0.6, 0.9])
                + _run("assl", "npc", 2, [0.3, 0.9, 0.9])   # no passive seed 2: left out
                + _run("asl", "npc", 0, [0.2, 0.3, 0.4]))   # no ASL passive: no row
@@ -431,6 +432,19 @@ def test_cost_per_round():
     assert cost["training"] == pytest.approx((25.0, math.sqrt(200), 2))
     text = report.report_markdown(records)
     assert "| npc | ASSL-cold | 4 ± 1.4 | 2 | 25 ± 14 | 2 |" in text
+    assert "Pretraining" not in text
+    pretraining = records_lib.Pretraining(key="simclr-abc", method="simclr", steps=1000, seed=0)
+    text = report.report_markdown([dataclasses.replace(r, pretraining=pretraining)
+                                   for r in records])
+    assert "time / 4 to each of the 4 trainings" in text and "simclr, 1000 steps" in text
+
+
+def test_wilcoxon_sees_float_noise_as_ties():
+    noisy = [100 * 0.573 - 100 * 0.553, -2.0, 1.0, 3.0]  # 2 - 7e-15: |d| no tie as floats
+    assert report.paired_test(noisy).p == pytest.approx(
+        scipy.stats.wilcoxon([2.0, -2.0, 1.0, 3.0]).pvalue)  # 0.5 (ranks 2.5, 2.5, 1, 4)
+    assert scipy.stats.wilcoxon(noisy).pvalue == pytest.approx(0.625)   # the -2 ranked above
+    assert math.isnan(report.paired_test([1e-13, -1e-13]).p)   # zero up to float noise
 
 
 def test_warm_and_cold_runs_are_read_together_but_a_run_only_once(tmp_path):
