@@ -53,6 +53,10 @@ VARIANTS = {
                           "train.encoder_lr_scale": 0.1, "train.threshold_mode": "freematch"},
     "l2_lpft_asl": {"mode": "asl", "train.freeze_encoder_fraction": 0.25,
                     "train.encoder_lr_scale": 0.1},
+    # On the cnn_grid pretraining (the config's LP-FT recipe as the base).
+    "l2_t95": {"train.threshold": 0.95},
+    "l2_s1600": {"train_steps": 1600},
+    "l2_s1600_asl": {"mode": "asl", "train_steps": 1600},
 }
 BASES = {"fmnist_assl": fmnist_assl, "fmnist_pretrained": fmnist_pretrained}
 
