@@ -24,6 +24,13 @@ center has D² = 0 and is never drawn while some sample has D² > 0. If every
 remaining sample has D² = 0 (only copies left), the draw is uniform over the
 remaining ones; picks are always distinct. The loop is one jitted
 `lax.fori_loop` (one compilation per (N, C, D, q)).
+
+Devices: with D > 1 local devices the factors, features and D² are sharded
+over the pool axis (`pool_mesh`, N padded to a multiple of D with rows that
+are never drawn): each device updates its rows' D², the race's exponentials
+are the same (N,) draw as on one device, and the argmin (the first minimum in
+pool order) and the drawn row cross the devices, so the picks are those of one
+device (tested on 8 fake CPU devices, tests/test_multidevice.py).
 """
 from __future__ import annotations
 
@@ -33,7 +40,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import PartitionSpec
+
 from npc_jax.data import Pool
+from npc_jax.strategies import pool_mesh
 from npc_jax.strategies.base import Acquisition, AcquisitionContext, check_query
 from npc_jax.strategies.coreset import COPY_TOLERANCE
 from npc_jax.inference import check_finite
@@ -105,6 +115,59 @@ def _kmeans_pp(factors, features, candidates, key, q):
     return picks, drawn
 
 
+@functools.partial(jax.jit, static_argnames=("q", "n", "mesh"))
+def _kmeans_pp_sharded(factors, features, candidates, key, q, n, mesh):
+    """`_kmeans_pp` with factors, features, candidates (N_pad, ...) sharded ``P("rows")``
+    over `mesh`, the first n rows real (the padding: candidates False, never drawn)."""
+    axis, spec, replicated = mesh.axis_names[0], pool_mesh.rows_spec(mesh), PartitionSpec()
+
+    def start(factors, features, candidates):
+        sq_norms = jnp.sum(factors ** 2, 1) * jnp.sum(features ** 2, 1)
+        first, first_sq = pool_mesh.first_max(jnp.where(candidates, sq_norms, -jnp.inf), axis)
+        min_dist = _sharded_distances(factors, features, sq_norms, first, axis)
+        return sq_norms, first, first_sq, min_dist, pool_mesh.mask_row(candidates, first,
+                                                                          False, axis)
+
+    def step(min_dist, available, race, factors, features, sq_norms):
+        weights = jnp.where(available, min_dist, 0.0)
+        # Only copies of centers left: uniform over what remains.
+        positive = jax.lax.pmax(jnp.any(weights > 0).astype(jnp.int32), axis) > 0
+        weights = jnp.where(positive, weights, available.astype(weights.dtype))
+        pick, _ = pool_mesh.first_min(jnp.where(weights > 0, race / weights, jnp.inf), axis)
+        drawn = pool_mesh.owner_row(min_dist, pick, axis)
+        min_dist = jnp.minimum(min_dist,
+                               _sharded_distances(factors, features, sq_norms, pick, axis))
+        return min_dist, pool_mesh.mask_row(available, pick, False, axis), pick, drawn
+
+    sq_norms, first, first_sq, min_dist, available = pool_mesh.shard_map(
+        start, mesh, (spec, spec, spec), (spec, replicated, replicated, spec, spec))(
+        factors, features, candidates)
+    step = pool_mesh.shard_map(step, mesh, (spec,) * 6, (spec, spec, replicated, replicated))
+
+    def draw(i, carry):
+        min_dist, available, picks, drawn = carry
+        # The same (n,) exponentials as one device's, padded (the padding is never drawn).
+        race = jax.random.exponential(jax.random.fold_in(key, i), (n,), min_dist.dtype)
+        race = jnp.pad(race, (0, min_dist.shape[0] - n), constant_values=1.0)
+        min_dist, available, pick, value = step(min_dist, available, race, factors, features,
+                                                sq_norms)
+        return min_dist, available, picks.at[i].set(pick), drawn.at[i].set(value)
+
+    picks = jnp.zeros((q,), jnp.int32).at[0].set(first)
+    drawn = jnp.zeros((q,), factors.dtype).at[0].set(first_sq)
+    _, _, picks, drawn = jax.lax.fori_loop(1, q, draw, (min_dist, available, picks, drawn))
+    return picks, drawn
+
+
+def _sharded_distances(factors, features, sq_norms, center, axis):
+    """Inside shard_map: `_sq_distances` of the local rows to the (global) row `center`."""
+    center_sq = pool_mesh.owner_row(sq_norms, center, axis)
+    scale = sq_norms + center_sq
+    dist = scale - 2.0 * ((factors @ pool_mesh.owner_row(factors, center, axis))
+                          * (features @ pool_mesh.owner_row(features, center, axis)))
+    return jnp.where(dist <= COPY_TOLERANCE * scale, 0.0, dist)
+
+
 def kmeans_pp_gradient(factors: np.ndarray, features: np.ndarray, candidates: np.ndarray,
                        q: int, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
     """BADGE's k-means++ seeding on the embeddings a ⊗ h, factored.
@@ -125,9 +188,18 @@ def kmeans_pp_gradient(factors: np.ndarray, features: np.ndarray, candidates: np
         raise ValueError(f"kmeans_pp_gradient: {candidates.sum()} candidates for q={q} picks.")
     check_finite(factors, "gradient factors")
     check_finite(features, "features")
-    picks, drawn = _kmeans_pp(jnp.asarray(factors, jnp.float32),
-                              jnp.asarray(features, jnp.float32),
-                              jnp.asarray(candidates), key, q)
+    mesh = pool_mesh.mesh()
+    if mesh is None:
+        picks, drawn = _kmeans_pp(jnp.asarray(factors, jnp.float32),
+                                  jnp.asarray(features, jnp.float32),
+                                  jnp.asarray(candidates), key, q)
+    else:
+        n = len(candidates)
+        length = pool_mesh.padded_length(n, mesh)
+        factors, features, candidates = (
+            pool_mesh.place(pool_mesh.pad_to(np.asarray(a, dtype), length), mesh)
+            for a, dtype in ((factors, np.float32), (features, np.float32), (candidates, bool)))
+        picks, drawn = _kmeans_pp_sharded(factors, features, candidates, key, q, n, mesh)
     return np.asarray(picks, np.int64), np.asarray(drawn)
 
 

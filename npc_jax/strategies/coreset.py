@@ -20,6 +20,13 @@ picked) has δ = 0 and is never picked while a sample at positive distance
 remains; chosen samples get δ = −inf, so the q picks are distinct.
 With no labeled sample the first center is drawn uniformly with the key;
 otherwise the selection is deterministic (exact ties: lowest index).
+
+Devices: with D > 1 local devices the pool's features, δ and the distances
+are sharded over the pool axis (`pool_mesh`: N padded to a multiple of D with
+rows that are never picked); each device computes its rows' distances, the
+argmax is reduced across the devices (the first maximum in pool order, as on
+one device) and the picked row is sent to all of them. The picks are those of
+one device (tested on 8 fake CPU devices, tests/test_multidevice.py).
 """
 from __future__ import annotations
 
@@ -29,7 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import PartitionSpec
+
 from npc_jax.data import Pool
+from npc_jax.strategies import pool_mesh
 from npc_jax.strategies.base import Acquisition, AcquisitionContext, check_query
 from npc_jax.inference import check_finite, numpy_rng, pad_rows
 from npc_jax.strategies.pool_outputs import DEFAULT_CHUNK, map_pool
@@ -85,6 +95,31 @@ def _min_sq_distances(features, centers, block_rows):
     return jax.lax.map(block_min, blocks).reshape(-1)[:n]
 
 
+@functools.partial(jax.jit, static_argnames=("block_rows", "mesh"))
+def _min_sq_distances_sharded(features, centers, block_rows, mesh):
+    """`_min_sq_distances` of features (N, D) sharded ``P("rows")``, per device."""
+    spec = pool_mesh.rows_spec(mesh)
+    return pool_mesh.shard_map(lambda f, c: _min_sq_distances(f, c, block_rows), mesh,
+                               (spec, PartitionSpec()), spec)(features, centers)
+
+
+def _min_sq_distances_on(features, centers: np.ndarray, mesh):
+    """(N,) device array: `min_sq_distances` of features already on the device(s)."""
+    centers = _padded_centers(np.asarray(centers, np.float32))
+    if mesh is None:
+        return _min_sq_distances(features, centers, _block_rows(len(centers)))
+    return _min_sq_distances_sharded(features, centers, _block_rows(len(centers)), mesh)
+
+
+def _on_devices(features: np.ndarray, mesh):
+    """features (N, D) on the device, or padded with zero rows and sharded over `mesh`."""
+    if mesh is None:
+        return jnp.asarray(features, jnp.float32)
+    padded = pool_mesh.pad_to(np.asarray(features, np.float32),
+                              pool_mesh.padded_length(len(features), mesh))
+    return pool_mesh.place(padded, mesh)
+
+
 def min_sq_distances(features: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """Squared distance of every row of `features` to its nearest center.
 
@@ -94,11 +129,17 @@ def min_sq_distances(features: np.ndarray, centers: np.ndarray) -> np.ndarray:
 
     Returns:
       (N,) float32, >= 0; exactly 0 for copies of a center (see COPY_TOLERANCE).
-      Computed in row blocks of the (N, L) distance matrix (≈ 16 MB each).
+      Computed in row blocks of the (N, L) distance matrix (≈ 16 MB each); with
+      D > 1 local devices the rows are sharded over them (`pool_mesh`).
     """
-    centers = _padded_centers(np.asarray(centers, np.float32))
-    return np.asarray(_min_sq_distances(jnp.asarray(features, jnp.float32), centers,
-                                        _block_rows(len(centers))))
+    mesh = pool_mesh.mesh()
+    if mesh is None:
+        centers = _padded_centers(np.asarray(centers, np.float32))
+        return np.asarray(_min_sq_distances(jnp.asarray(features, jnp.float32), centers,
+                                            _block_rows(len(centers))))
+    features = np.asarray(features, np.float32)
+    placed = _on_devices(features, mesh)
+    return np.asarray(_min_sq_distances_on(placed, centers, mesh))[:len(features)]
 
 
 @functools.partial(jax.jit, static_argnames=("q",))
@@ -118,6 +159,31 @@ def _greedy(features, min_dist, q):
     init = (min_dist, jnp.zeros((q,), jnp.int32), jnp.zeros((q,), features.dtype))
     min_dist, picks, radii = jax.lax.fori_loop(0, q, pick, init)
     return picks, radii, min_dist
+
+
+@functools.partial(jax.jit, static_argnames=("q", "mesh"))
+def _greedy_sharded(features, min_dist, q, mesh):
+    """`_greedy` with features (N, D) and min_dist (N,) sharded ``P("rows")`` over `mesh`:
+    each device updates its rows' δ; the argmax and the picked row cross the devices."""
+    axis, spec, replicated = mesh.axis_names[0], pool_mesh.rows_spec(mesh), PartitionSpec()
+
+    def local(features, min_dist):
+        sq_norms = jnp.sum(features ** 2, 1)
+
+        def pick(i, carry):
+            min_dist, picks, radii = carry
+            best, radius = pool_mesh.first_max(min_dist, axis)
+            dist = _sq_distances_to(features, sq_norms, pool_mesh.owner_row(features, best, axis),
+                                    pool_mesh.owner_row(sq_norms, best, axis))
+            min_dist = pool_mesh.mask_row(jnp.minimum(min_dist, dist), best, -jnp.inf, axis)
+            return min_dist, picks.at[i].set(best), radii.at[i].set(radius)
+
+        init = (min_dist, jnp.zeros((q,), jnp.int32), jnp.zeros((q,), features.dtype))
+        min_dist, picks, radii = jax.lax.fori_loop(0, q, pick, init)
+        return picks, radii, min_dist
+
+    return pool_mesh.shard_map(local, mesh, (spec, spec), (replicated, replicated, spec))(
+        features, min_dist)
 
 
 def k_center_greedy(features: np.ndarray, is_center: np.ndarray, candidates: np.ndarray,
@@ -144,25 +210,32 @@ def k_center_greedy(features: np.ndarray, is_center: np.ndarray, candidates: np.
         raise ValueError("k_center_greedy: a sample is both a center and a candidate.")
     if candidates.sum() < q:
         raise ValueError(f"k_center_greedy: {candidates.sum()} candidates for q={q} picks.")
-    on_device = jnp.asarray(features)  # one host→device copy for both jitted calls
+    mesh = pool_mesh.mesh()
+    n = len(features)
+    on_device = _on_devices(features, mesh)  # one host→device copy for both jitted calls
     first = []
     if is_center.any():
-        min_dist = min_sq_distances(on_device, features[is_center])
+        min_dist = _min_sq_distances_on(on_device, features[is_center], mesh)
     else:
         if key is None:
             raise ValueError("k_center_greedy without initial centers needs a key.")
         start = int(numpy_rng(key).choice(np.flatnonzero(candidates)))
         first = [start]
-        min_dist = min_sq_distances(on_device, features[start:start + 1])
+        min_dist = _min_sq_distances_on(on_device, features[start:start + 1], mesh)
         candidates = candidates.copy()
         candidates[start] = False
-    min_dist = np.where(candidates, min_dist, -np.inf).astype(np.float32)
+    min_dist = np.where(candidates, np.asarray(min_dist)[:n], -np.inf).astype(np.float32)
     radius_before = float(np.sqrt(max(min_dist.max(), 0.0)))
     remaining = q - len(first)
     picks, final = np.zeros((0,), np.int64), min_dist
-    if remaining:
+    if remaining and mesh is None:
         picks, _, final = _greedy(on_device, min_dist, remaining)
         picks, final = np.asarray(picks, np.int64), np.asarray(final)
+    elif remaining:   # δ padded with −inf: padding rows are never picked
+        padded = pool_mesh.pad_to(min_dist, len(on_device), -np.inf)
+        picks, _, final = _greedy_sharded(on_device, pool_mesh.place(padded, mesh), remaining,
+                                          mesh)
+        picks, final = np.asarray(picks, np.int64), np.asarray(final)[:n]
     top = final.max()
     radius_after = float(np.sqrt(top)) if np.isfinite(top) and top > 0 else 0.0
     chosen = np.concatenate([np.asarray(first, np.int64), picks])
