@@ -6,7 +6,12 @@
 `train`: N steps of FixMatch-DARP and of supervised training on 1 device
 and on 8 (`TrainConfig.devices`), same key; prints the relative differences
 as one JSON line. `pool`: `batched_apply`, `min_eigenvalue(backend="device")`
-and the picks of NPC and margin on 1 device and on 8; prints them as JSON.
+and the picks of NPC and margin on 1 device and on 8, and (`strategies`)
+the picks, objectives and seconds of every strategy whose own loops shard
+(NPC's candidate scoring with the last-layer, full and embedding kernels, the
+swap search, BADGE, coreset, TypiClust, ProbCover, MaxHerding) on a tiny CNN;
+prints them as JSON. `bench N`: seconds of NPC's candidate scoring and of
+coreset on a pool of N (README "Scaling out").
 Not collected by pytest (no test_ prefix): the test process has 1 device.
 """
 from __future__ import annotations
@@ -115,9 +120,73 @@ def pool_check(seed: int = 0) -> dict:
         key = jax.random.PRNGKey(seed + 1)
         acquisition = make_strategy(name, **options).select(key, ctx, pool, 5)
         out[name] = {"indices": acquisition.indices.tolist(), "objective": acquisition.objective}
+    out["strategies"] = strategies_check(seed)
+    return out
+
+
+# (strategy, options, labeled points): each strategy's own pool loop, sharded on 8 devices.
+STRATEGIES = (
+    ("npc", {"num_candidates": 48}, 4),
+    ("npc_full", {"num_candidates": 12, "screen_top": 3}, 4),
+    ("npc_embed", {"num_candidates": 24}, 4),
+    ("npc_search", {"num_candidates": 8, "max_swaps": 2, "swap_candidates": 8}, 4),
+    ("badge", {}, 4),
+    ("coreset", {}, 4),
+    ("coreset", {}, 0),   # cold start: the first center drawn with the key
+    ("typiclust", {"typicality_k": 5}, 4),
+    ("probcover", {}, 4),
+    ("maxherding", {}, 4),
+)
+
+
+def strategies_check(seed: int = 0) -> dict:
+    """Picks, objective and seconds of each of STRATEGIES on a tiny CNN's 96-image pool."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from toy_config import tiny_cnn_context
+
+    from npc_jax.data import Pool
+    from npc_jax.strategies import make_strategy
+
+    _, _, _, ctx = tiny_cnn_context(3, 96, widths=(4, 8, 8, 16))
+    out = {}
+    for name, options, num_labeled in STRATEGIES:
+        pool = Pool(num_samples=96, labeled=tuple(range(num_labeled)))
+        start = time.perf_counter()
+        acquisition = make_strategy(name, **options).select(jax.random.PRNGKey(seed + 2), ctx,
+                                                            pool, 5)
+        out[f"{name}/{num_labeled}"] = {"indices": acquisition.indices.tolist(),
+                                        "objective": acquisition.objective,
+                                        "seconds": time.perf_counter() - start}
+    return out
+
+
+def bench(n: int, seed: int = 0) -> dict:
+    """Seconds (best of 2 after a warm-up) of NPC's candidate scoring (last layer, m = 1000
+    batches of 20, L = 20) and of coreset's k-center greedy (q = 100) on n pool points."""
+    from npc_jax.strategies import coreset, kernels, search
+
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(n, 128)).astype(np.float32)
+    labeled = np.arange(20)
+    batches = 20 + np.stack([rng.choice(n - 20, 20, replace=False) for _ in range(1000)])
+    kernel = kernels.feature_kernel(features, float64=True)
+    is_center = np.arange(n) < 20
+    jobs = {"npc_scoring": lambda: search.score_batches(kernel, labeled, batches),
+            "coreset": lambda: coreset.k_center_greedy(features, is_center, ~is_center, 100)}
+    out = {"num_devices": jax.local_device_count(), "n": n}
+    for name, job in jobs.items():
+        job()
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            job()
+            times.append(time.perf_counter() - start)
+        out[name] = min(times)
     return out
 
 
 if __name__ == "__main__":
-    what, seed = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0
-    print(json.dumps({"train": train_check, "pool": pool_check}[what](seed)))
+    what, number = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    checks = {"train": train_check, "pool": pool_check, "strategies": strategies_check,
+              "bench": bench}
+    print(json.dumps(checks[what](number)))

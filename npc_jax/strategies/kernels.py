@@ -33,6 +33,14 @@ Implementations, for C classes and D penultimate features:
 * `feature_kernel`: rep = (table[indices] (n, F),), K = φ·φ' of a fixed table
   of features (precomputed embeddings; tests inject kernels with it).
 
+Devices: with D > 1 devices (`inference.device_mesh`) NPC's candidate scoring
+is sharded over the candidate axis: `cross` and `diagonal` shard their rows
+(`chunked_map`), `within` shards the b candidate sets of a call, and the
+full kernel's fused Gram call shards its group of batches; the Grams' λ_min
+are then solved by `spectral.min_eigenvalue` (on the host with float64 or on
+the CPU; on an accelerator per device under shard_map). One device keeps the
+single-device calls unchanged.
+
 Combinators: `normalized` (the one place the cosine normalisation
 K_ij / √(K_ii K_jj) is done) and `precomputed` (represent a set once, look it
 up afterwards). `empirical_kernel` builds NPC's finite-network kernels from
@@ -50,7 +58,7 @@ import numpy as np
 
 from npc_jax import ntk, spectral
 from npc_jax.data import images_to_float
-from npc_jax.inference import check_finite, chunked_map, pad_rows
+from npc_jax.inference import check_finite, chunked_map, device_mesh, pad_rows
 from npc_jax.strategies.base import AcquisitionContext
 from npc_jax.strategies.embedding import pool_embedding
 
@@ -165,7 +173,11 @@ def gram_kernel(represent: Callable, gram: Callable = dot_gram, *, float64: bool
 
     def within(rep):
         with precision():
-            return np.asarray(within_jit(*cast(rep)))
+            rep = cast(rep)
+            if device_mesh() is None or len(rep[0]) == 0:
+                return np.asarray(within_jit(*rep))
+            # D > 1 devices: the b sets split over them (b rounded up to a multiple of D).
+            return chunked_map(within_jit, *rep, chunk_size=len(rep[0]))
 
     def diagonal(rep):
         with precision():
@@ -330,10 +342,16 @@ def _fused_scores(ctx, output, params_subset, *, points_per_call, jacobian_chunk
             jac_l = [jnp.asarray(np.asarray(r, dtype)) for r in jac_l]
             k_ll = np.asarray(dot_gram(jac_l, jac_l))
             group = max(1, min(m, points_per_call // q))
+            sharded = device_mesh() is not None
             for start in range(0, m, group):
                 part = batches[start:start + group]
-                k_bl, k_bb = grams_fn(ctx.variables, jac_l, ctx.images[pad_rows(part, group)],
-                                      bases)
+                if sharded:   # the group's batches split over the devices
+                    k_bl, k_bb = chunked_map(
+                        lambda x: grams_fn(ctx.variables, jac_l, x, bases), ctx.images[part],
+                        chunk_size=group)
+                else:
+                    k_bl, k_bb = grams_fn(ctx.variables, jac_l,
+                                          ctx.images[pad_rows(part, group)], bases)
                 grams = assemble_grams(k_ll, np.asarray(k_bl)[:len(part)],
                                    np.asarray(k_bb)[:len(part)])
                 check_finite(grams, what, fix="check the training loss and the inputs")

@@ -14,6 +14,14 @@ output; the time is O(n² d), as exact neighbourhoods need. Squared distances
 use the expanded form ‖x‖² + ‖y‖² − 2 x·y in float32 on mean-centred rows,
 clipped at 0 (rounding ≈ 1e-7 of ‖x‖² + ‖y‖²; a row's distance to itself is
 set to 0).
+
+Devices: with D > 1 local devices the row blocks are spread over them
+(`pool_mesh`): the points replicated on every device, each device computes
+its blocks (D blocks per call; blocks shrunk so that each device gets one when
+there are fewer rows), the outputs gathered in row order. One device keeps
+the single-device loop. The results equal one device's up to the float32
+rounding of the differently sized blocks' matmuls (tested on 8 fake CPU
+devices: the same picks, tests/test_multidevice.py).
 """
 from __future__ import annotations
 
@@ -23,6 +31,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from npc_jax.strategies import pool_mesh
 
 __all__ = [
     "BallGraph",
@@ -57,21 +68,51 @@ def _sq_block(block, block_start, x, x_sq):
     return jnp.where(jnp.arange(x.shape[0])[None, :] == self_col[:, None], 0.0, dist)
 
 
+def _knn_block(x, x_sq, invalid, start, k, rows):
+    """(rows,) Σ of the k+1 smallest distances / k of the row block at `start`."""
+    block = jax.lax.dynamic_slice_in_dim(x, start, rows)
+    dist = jnp.where(invalid[None, :], jnp.inf, _sq_block(block, start, x, x_sq))
+    smallest = -jax.lax.top_k(-dist, k + 1)[0]
+    return jnp.sum(jnp.sqrt(smallest), 1) / k
+
+
 @functools.partial(jax.jit, static_argnames=("k", "rows"))
 def _knn_mean(x, n_valid, k, rows):
     """(n_pad,) Σ of the k+1 smallest distances (self included) / k, by row blocks."""
     n_pad = x.shape[0]
     x_sq = jnp.sum(x ** 2, 1)
     invalid = jnp.arange(n_pad) >= n_valid
-
-    def block_fn(start):
-        block = jax.lax.dynamic_slice_in_dim(x, start, rows)
-        dist = jnp.where(invalid[None, :], jnp.inf, _sq_block(block, start, x, x_sq))
-        smallest = -jax.lax.top_k(-dist, k + 1)[0]
-        return jnp.sum(jnp.sqrt(smallest), 1) / k
-
     starts = jnp.arange(0, n_pad, rows)
-    return jax.lax.map(block_fn, starts).reshape(-1)
+    return jax.lax.map(lambda start: _knn_block(x, x_sq, invalid, start, k, rows),
+                       starts).reshape(-1)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "rows", "mesh"))
+def _knn_mean_sharded(x, n_valid, starts, k, rows, mesh):
+    """`_knn_mean` with the block `starts` (a multiple of D of them) split over `mesh`."""
+    x_sq = jnp.sum(x ** 2, 1)
+    invalid = jnp.arange(x.shape[0]) >= n_valid
+    replicated, spec = PartitionSpec(), pool_mesh.rows_spec(mesh)
+
+    def local(x, x_sq, invalid, starts):
+        return jax.lax.map(lambda start: _knn_block(x, x_sq, invalid, start, k, rows), starts)
+
+    return pool_mesh.shard_map(local, mesh, (replicated,) * 3 + (spec,), spec)(
+        x, x_sq, invalid, starts).reshape(-1)
+
+
+def _device_rows(rows: int, n: int, mesh) -> int:
+    """Rows per block with D devices: at most a power of two ≥ ceil(n / D) (≥ 16), so that
+    a small set still gives every device a block."""
+    if mesh is None:
+        return rows
+    return min(rows, max(16, 1 << max(-(-n // mesh.devices.size) - 1, 0).bit_length()))
+
+
+def _grouped_starts(starts, mesh) -> np.ndarray:
+    """Block starts padded (with the last one) to a multiple of the device count."""
+    starts = np.asarray(list(starts), np.int32)
+    return pool_mesh.pad_to(starts, pool_mesh.padded_length(len(starts), mesh), starts[-1])
 
 
 def knn_mean_distance(x, k: int) -> np.ndarray:
@@ -91,10 +132,20 @@ def knn_mean_distance(x, k: int) -> np.ndarray:
         raise ValueError(f"k={k} nearest neighbours need 1 <= k <= n - 1 = {n - 1}; lower k "
                          "(the strategy's typicality_k) or use a larger pool.")
     n_pad = _bucket(n)
-    rows = min(block_rows_for(n_pad), n_pad)
+    mesh = pool_mesh.mesh()
+    rows = _device_rows(min(block_rows_for(n_pad), n_pad), n_pad, mesh)
     padded = np.zeros((n_pad, x.shape[1]), np.float32)
     padded[:n] = x
-    return np.asarray(_knn_mean(jnp.asarray(padded), n, int(k), rows))[:n]
+    if mesh is None:
+        return np.asarray(_knn_mean(jnp.asarray(padded), n, int(k), rows))[:n]
+    starts = _grouped_starts(range(0, n_pad, rows), mesh)
+    return np.asarray(_knn_mean_sharded(_replicated(padded, mesh), n, starts, int(k), rows,
+                                        mesh))[:n]
+
+
+def _replicated(x: np.ndarray, mesh):
+    """`x` copied once to every device of `mesh`."""
+    return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
 
 
 def _centred(x) -> np.ndarray:
@@ -104,24 +155,67 @@ def _centred(x) -> np.ndarray:
     return (x - x.mean(0, dtype=np.float64)).astype(np.float32)
 
 
-def _row_blocks(x: np.ndarray):
-    """(padded centred x on device, its squared norms, rows per block, block starts)."""
+def _row_blocks(x: np.ndarray, mesh=None):
+    """(padded centred x on device(s), its squared norms, rows per block, block starts)."""
     x = _centred(x)
     n = len(x)
-    rows = min(block_rows_for(n), 1 << max(n - 1, 0).bit_length())
+    rows = _device_rows(min(block_rows_for(n), 1 << max(n - 1, 0).bit_length()), n, mesh)
     padded = np.zeros((-(-n // rows) * rows, x.shape[1]), np.float32)
     padded[:n] = x
-    device = jnp.asarray(padded)
+    device = jnp.asarray(padded) if mesh is None else _replicated(padded, mesh)
     return device, jnp.sum(device ** 2, 1), rows, range(0, n, rows)
 
 
-@functools.partial(jax.jit, static_argnames=("rows", "n"))
-def _other_label_block(x, x_sq, labels, start, rows, n):
+def _other_label_rows(x, x_sq, labels, start, rows, n):
+    """(rows,) distance of each row of the block at `start` to the nearest other label."""
     block = jax.lax.dynamic_slice_in_dim(x, start, rows)
     block_labels = jax.lax.dynamic_slice_in_dim(labels, start, rows)
     dist = _sq_block(block, start, x, x_sq)[:, :n]
     other = block_labels[:, None] != labels[None, :n]
     return jnp.sqrt(jnp.min(jnp.where(other, dist, jnp.inf), 1))
+
+
+_other_label_block = jax.jit(_other_label_rows, static_argnames=("rows", "n"))
+
+
+def _ball_rows(x, x_sq, sq_delta, start, rows, n):
+    """(rows, n) bool: row block's δ-ball membership (distance <= δ)."""
+    block = jax.lax.dynamic_slice_in_dim(x, start, rows)
+    return _sq_block(block, start, x, x_sq)[:, :n] <= sq_delta
+
+
+def _ball_count_rows(x, x_sq, sq_delta, start, rows, n):
+    return jnp.sum(_ball_rows(x, x_sq, sq_delta, start, rows, n), 1)
+
+
+@functools.partial(jax.jit, static_argnames=("body", "rows", "n", "mesh"))
+def _device_blocks(body, x, x_sq, extra, starts, rows, n, mesh):
+    """``body(x, x_sq, extra, start, rows, n)`` of D block starts, one per device of `mesh`
+    (x, x_sq, extra replicated): the outputs stacked (D, ...)."""
+    replicated, spec = PartitionSpec(), pool_mesh.rows_spec(mesh)
+
+    def local(x, x_sq, extra, starts):
+        return jax.lax.map(lambda start: body(x, x_sq, extra, start, rows, n), starts)
+
+    return pool_mesh.shard_map(local, mesh, (replicated,) * 3 + (spec,), spec)(
+        x, x_sq, extra, starts)
+
+
+def _blocks(body, single, x, x_sq, extra, rows, n, starts, mesh):
+    """(start, numpy output) of every row block in order: `single(x, x_sq, extra, start)`
+    block by block on one device, `body` on D blocks at a time with a mesh."""
+    if mesh is None:
+        for start in starts:
+            yield start, np.asarray(single(x, x_sq, extra, start))
+        return
+    starts = list(starts)
+    grouped = _grouped_starts(starts, mesh)
+    size = mesh.devices.size
+    for g in range(0, len(grouped), size):
+        out = np.asarray(_device_blocks(body, x, x_sq, extra, grouped[g:g + size], rows, n,
+                                        mesh))
+        for start, part in zip(starts[g:g + size], out):
+            yield start, part
 
 
 def nearest_other_label_distance(x, labels) -> np.ndarray:
@@ -136,31 +230,38 @@ def nearest_other_label_distance(x, labels) -> np.ndarray:
     """
     x = np.asarray(x, np.float32)
     n = len(x)
-    device, sq, rows, starts = _row_blocks(x)
-    padded_labels = jnp.asarray(np.pad(np.asarray(labels, np.int32), (0, len(device) - n)))
-    out = [np.asarray(_other_label_block(device, sq, padded_labels, s, rows, n)) for s in starts]
+    mesh = pool_mesh.mesh()
+    device, sq, rows, starts = _row_blocks(x, mesh)
+    padded_labels = np.pad(np.asarray(labels, np.int32), (0, len(device) - n))
+    padded_labels = jnp.asarray(padded_labels) if mesh is None else _replicated(padded_labels,
+                                                                                 mesh)
+    single = lambda x, x_sq, labels, start: _other_label_block(x, x_sq, labels, start, rows, n)
+    out = [part for _, part in _blocks(_other_label_rows, single, device, sq, padded_labels,
+                                       rows, n, starts, mesh)]
     return np.concatenate(out)[:n]
 
 
 @functools.partial(jax.jit, static_argnames=("rows", "n"))
 def _ball_block(x, x_sq, start, sq_delta, rows, n):
     """(rows, n) bool: row block's δ-ball membership (distance <= δ)."""
-    block = jax.lax.dynamic_slice_in_dim(x, start, rows)
-    return _sq_block(block, start, x, x_sq)[:, :n] <= sq_delta
+    return _ball_rows(x, x_sq, sq_delta, start, rows, n)
 
 
 @functools.partial(jax.jit, static_argnames=("rows", "n"))
 def _ball_count_block(x, x_sq, start, sq_delta, rows, n):
-    return jnp.sum(_ball_block(x, x_sq, start, sq_delta, rows, n), 1)
+    return _ball_count_rows(x, x_sq, sq_delta, start, rows, n)
 
 
 def ball_counts(x, delta: float) -> np.ndarray:
     """(N,) int64: rows within distance δ of each row (itself included)."""
     x = np.asarray(x, np.float32)
     n = len(x)
-    device, sq, rows, starts = _row_blocks(x)
-    out = [np.asarray(_ball_count_block(device, sq, s, float(delta) ** 2, rows, n))
-           for s in starts]
+    mesh = pool_mesh.mesh()
+    device, sq, rows, starts = _row_blocks(x, mesh)
+    single = lambda x, x_sq, sq_delta, start: _ball_count_block(x, x_sq, start, sq_delta,
+                                                                rows, n)
+    out = [part for _, part in _blocks(_ball_count_rows, single, device, sq,
+                                       float(delta) ** 2, rows, n, starts, mesh)]
     return np.concatenate(out)[:n].astype(np.int64)
 
 
@@ -184,10 +285,12 @@ def ball_graph(x, delta: float, *, max_edges: int) -> BallGraph:
     """
     x = np.asarray(x, np.float32)
     n = len(x)
-    device, sq, rows, starts = _row_blocks(x)
+    mesh = pool_mesh.mesh()
+    device, sq, rows, starts = _row_blocks(x, mesh)
+    single = lambda x, x_sq, sq_delta, start: _ball_block(x, x_sq, start, sq_delta, rows, n)
     counts, lists, total = [], [], 0
-    for start in starts:
-        mask = np.asarray(_ball_block(device, sq, start, float(delta) ** 2, rows, n))
+    for start, mask in _blocks(_ball_rows, single, device, sq, float(delta) ** 2,
+                               rows, n, starts, mesh):
         mask = mask[:min(rows, n - start)]
         total += int(mask.sum())
         if total > max_edges:

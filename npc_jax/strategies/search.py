@@ -10,7 +10,10 @@ max over X_u ⊂ X_U, |X_u| = q, of λ_min(K(X_L ∪ X_u)) is combinatorial:
 Both score candidates with `score_batches`: the labeled block K(X_L, X_L) is
 computed once and reused by every candidate, which adds only its (L, q) and
 (q, q) blocks; the Grams (b, L+q, L+q) are solved by
-`spectral.min_eigenvalue`. Proposition 1: a batch holding a duplicate (of
+`spectral.min_eigenvalue`. With D > 1 devices the blocks are computed sharded
+over the candidate axis (`kernels`: the candidates' rows of K_UL, the b sets'
+K_bb) and the λ_min per device where solved on the device; the scores, and so
+the picks, are those of one device (tested on 8 fake CPU devices). Proposition 1: a batch holding a duplicate (of
 itself or of a labeled point) has λ_min = 0 (to working precision), so it
 never wins while a non-degenerate batch exists.
 
@@ -132,7 +135,9 @@ def score_batches(kernel: Kernel, labeled, batches, *, chunk_size: int = 128) ->
 
         for s in range(0, len(part), chunk):
             rows = inverse[s:s + chunk]
-            grams = assemble_grams(k_ll, k_ul[rows], chunked_map(within, rows, chunk_size=chunk))
+            # devices=1: only pads the last chunk (the kernel's `within` shards the sets).
+            grams = assemble_grams(k_ll, k_ul[rows], chunked_map(within, rows, chunk_size=chunk,
+                                                                 devices=1))
             scores.append(spectral.min_eigenvalue(grams, chunk_size=chunk,
                                                   float64=kernel.float64))
     return np.concatenate(scores)
