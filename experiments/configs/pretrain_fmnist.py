@@ -23,7 +23,7 @@ def get_config(arg: str = ""):
     config = ml_collections.ConfigDict()
     config.dataset = "fashion_mnist"
     config.data_dir = ""
-    config.model = "cnn"
+    config.model = "cnn_grid"   # spatial grid before the dense layer (P8: +4 kNN points)
     config.seed = 0
 
     config.pretrain = ml_collections.ConfigDict()
