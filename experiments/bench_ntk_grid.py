@@ -22,10 +22,11 @@ in each repeat (so load changes hit every side alike), jitted, compilation
 excluded (first call reported separately):
 
 * ours     `ntk.empirical_ntk_fn(apply_fn)` (jacobian_contraction; chunked only
-           when the Jacobian would exceed --jacobian-mb), x2=None
+           when n · `ntk.representation_bytes` would exceed --jacobian-mb), x2=None
 * nt jc    `nt.empirical_ntk_fn(f, trace_axes=(-1,), vmap_axes=0,
            JACOBIAN_CONTRACTION)`, x2=None (its best call: reuses the Jacobian)
-* nt nvp   NTK_VECTOR_PRODUCTS, x2=None (n ≤ --nvp-max: its cost grows as n²)
+* nt nvp   NTK_VECTOR_PRODUCTS, x2=None (n ≤ --nvp-max, networks in --nvp-nets:
+           its cost grows as n², and it won only on the MLP)
 * nt sd    STRUCTURED_DERIVATIVES, x2=None (tried; on JAX 0.5.3 it raises, and
            the error is recorded)
 
@@ -167,8 +168,9 @@ def fingerprint(variables, x):
             float(np.abs(np.asarray(x, np.float64)).sum())]
 
 
-def _chunk(n, num_params, jacobian_mb):
-    per_sample = NUM_CLASSES * num_params * 4 / 2 ** 20
+def _chunk(n, per_sample_bytes, jacobian_mb):
+    """None (one jitted call) when n samples' representation fits --jacobian-mb."""
+    per_sample = per_sample_bytes / 2 ** 20
     return None if n * per_sample <= jacobian_mb else int(max(1, jacobian_mb // per_sample))
 
 
@@ -195,7 +197,8 @@ def reference(args):
             x = inputs(shape, n)
             meta = {"fingerprint": fingerprint(variables, x)}
             variables = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), variables)
-            chunk = _chunk(n, count_params(variables["params"]), args.jacobian_mb / 2)
+            chunk = _chunk(n, ntk.representation_bytes(apply_fn, variables, x),
+                           args.jacobian_mb / 2)
             # empirical_ntk_fn feeds float32 inputs (x is float32); the weights are
             # float64, so every op is promoted to float64.
             start = time.perf_counter()
@@ -246,7 +249,8 @@ def bench(name, n, args, nt):
     apply_fn, variables, shape = network(name)
     x = inputs(shape, n)
     num_params = count_params(variables["params"])
-    chunk = _chunk(n, num_params, args.jacobian_mb)
+    # Ours holds what ntk.representation_bytes says (factored Dense layers are small).
+    chunk = _chunk(n, ntk.representation_bytes(apply_fn, variables, x), args.jacobian_mb)
     calls = {"ours": functools.partial(ntk.empirical_ntk_fn(apply_fn, chunk_size=chunk),
                                        variables, x)}
     if nt is not None:
@@ -256,7 +260,7 @@ def bench(name, n, args, nt):
                  "nt nvp": nt.NtkImplementation.NTK_VECTOR_PRODUCTS,
                  "nt sd": nt.NtkImplementation.STRUCTURED_DERIVATIVES}
         for label, impl in impls.items():
-            if label == "nt nvp" and n > args.nvp_max:
+            if label == "nt nvp" and (n > args.nvp_max or name not in args.nvp_nets.split(",")):
                 continue
             fn = jax.jit(nt.empirical_ntk_fn(f, implementation=impl, **kw))
             calls[label] = functools.partial(
@@ -309,8 +313,11 @@ def main(argv=None):
     parser.add_argument("--wrn-sizes", default="16,64", help="block sizes for WRN (slow on CPU)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--nvp-max", type=int, default=64)
+    parser.add_argument("--nvp-nets", default=",".join(NETWORKS),
+                        help="networks on which NTK_VECTOR_PRODUCTS is timed (it was 7-14x "
+                             "slower than jc on the CNNs and WRN at n = 8-64 here)")
     parser.add_argument("--jacobian-mb", type=float, default=3072,
-                        help="ours: chunk when n·C·P·4 bytes exceeds this")
+                        help="ours: chunk when n · representation_bytes exceeds this")
     parser.add_argument("--phase", choices=("all", "reference", "time", "errors"), default="all",
                         help="reference: only the float64 kernels (needs JAX_ENABLE_X64=1); "
                              "time: only the timings (errors where references exist); "

@@ -15,6 +15,15 @@ constants of the kernel).
     pure = ntk_fn(model.apply_fn)         # the same kernel as a traceable jnp function
     k = jax.jit(pure)(variables, x1, x2)  # (n1, n2); jax.vmap over stacks of x1, x2 too
 
+How "jacobian_contraction" is fast (``structured=True``; each checked against
+plain vmap(jacrev) in tests/test_ntk.py and tests/test_ntk_fast_paths.py):
+Dense/Conv weight Jacobians are formed from each layer's input patches and
+its output cotangents (`jacobian_fn`); Dense layers on one vector per sample
+stay factored in `ntk_fn`, K = (a1 a2ᵀ) ⊙ (g1 g2ᵀ); non-overlapping max-pools
+are differentiated as reshape + max (`_fast_pooling`); a symmetric kernel
+computes only its Gram blocks on and below the diagonal (`_symmetric_gram`).
+Measured against neural-tangents on seven networks: BENCHMARKS.md, P1 grid.
+
 Closed forms for the last layer f = Wᵀh + b (W: D×C), from the penultimate
 features h (``implementation="closed_form"``, needs ``features_fn``):
 
@@ -38,7 +47,8 @@ from npc_jax.inference import check_finite, chunked_map, pad_rows
 
 __all__ = ["CLASSIFIER", "IMPLEMENTATIONS", "OUTPUTS", "SUBSETS", "empirical_ntk_fn",
            "gram_of_blocks", "jacobian_fn", "last_layer_feature_map", "last_layer_ntk",
-           "last_layer_probs_ntk", "ntk_fn", "patch_moments", "softmax_jacobian_inner"]
+           "last_layer_probs_ntk", "ntk_fn", "patch_moments", "representation_bytes",
+           "softmax_jacobian_inner"]
 
 CLASSIFIER = "classifier"  # the name of the last Dense in npc_jax.models
 
@@ -606,6 +616,26 @@ def _symmetric_gram(gram, rep):
     below = {(i, j): gram(parts[i], parts[j]) for i in range(b) for j in range(i + 1)}
     return jnp.block([[below[i, j] if j <= i else below[j, i].T for j in range(b)]
                       for i in range(b)])
+
+
+def representation_bytes(apply_fn: Callable, variables, x, **kwargs) -> int:
+    """Bytes per sample that `ntk_fn` holds for x (its Jacobian blocks and factors):
+    what to divide a memory budget by to choose `empirical_ntk_fn`'s chunk_size.
+
+    Args:
+      apply_fn, kwargs: as in `ntk_fn`; x: (n, ...) inputs (only shapes are used).
+    """
+    rep_fn, _ = _factored(apply_fn, kwargs.pop("implementation", "jacobian_contraction"),
+                          kwargs.pop("params_subset", "all"), kwargs.pop("output", "logits"),
+                          kwargs.pop("last_layer", CLASSIFIER), kwargs.pop("features_fn", None),
+                          kwargs.pop("structured", True))
+    if kwargs:
+        raise TypeError(f"Unexpected arguments {sorted(kwargs)}.")
+    spec = lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a))
+    shapes = jax.eval_shape(rep_fn, jax.tree_util.tree_map(spec, variables),
+                            jax.ShapeDtypeStruct((1, *np.shape(x)[1:]), jnp.float32))
+    return int(sum(np.prod(a.shape) * a.dtype.itemsize
+                   for a in jax.tree_util.tree_leaves(shapes)))
 
 
 def empirical_ntk_fn(apply_fn: Callable, *, implementation: str = "jacobian_contraction",
