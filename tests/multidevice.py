@@ -9,8 +9,8 @@ as one JSON line. `pool`: `batched_apply`, `min_eigenvalue(backend="device")`
 and the picks of NPC and margin on 1 device and on 8, and (`strategies`)
 the picks, objectives and seconds of every strategy whose own loops shard
 (NPC's candidate scoring with the last-layer, full and embedding kernels, the
-swap search, BADGE, coreset, TypiClust, ProbCover, MaxHerding) on a tiny CNN;
-prints them as JSON. `bench N`: seconds of NPC's candidate scoring and of
+swap search, BADGE, coreset, TypiClust, ProbCover, MaxHerding) on a tiny CNN,
+and a k-means over several blocks (`kmeans`); prints them as JSON. `bench N`: seconds of NPC's candidate scoring and of
 coreset on a pool of N (README "Scaling out").
 Not collected by pytest (no test_ prefix): the test process has 1 device.
 """
@@ -121,7 +121,26 @@ def pool_check(seed: int = 0) -> dict:
         acquisition = make_strategy(name, **options).select(key, ctx, pool, 5)
         out[name] = {"indices": acquisition.indices.tolist(), "objective": acquisition.objective}
     out["strategies"] = strategies_check(seed)
+    out["kmeans"] = kmeans_check(seed)
     return out
+
+
+def kmeans_check(seed: int = 0) -> dict:
+    """k-means of 2100 points in 7 blobs, 10 clusters, with 256-row blocks (9 blocks: the
+    sharded Lloyd steps run on 8 devices): labels, centres, inertia and iterations."""
+    from npc_jax.strategies import kmeans as kmeans_module
+
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.normal(c, 1.0, size=(300, 8))
+                        for c in rng.normal(0, 4, size=(7, 8))]).astype(np.float32)
+    block_rows = kmeans_module._block_rows
+    kmeans_module._block_rows = lambda slots: 256   # several blocks on a small set
+    try:
+        result = kmeans_module.kmeans(jax.random.PRNGKey(seed), x, 10)
+    finally:
+        kmeans_module._block_rows = block_rows
+    return {"labels": result.labels.tolist(), "centers": result.centers.tolist(),
+            "inertia": result.inertia, "iterations": result.iterations}
 
 
 # (strategy, options, labeled points): each strategy's own pool loop, sharded on 8 devices.
