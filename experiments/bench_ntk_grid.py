@@ -145,9 +145,29 @@ NETWORKS = {
 }
 
 
+class _Float64Numpy:
+    """jax.numpy with float32 read as float64, for npc_jax.models in the reference."""
+
+    def __getattr__(self, attr):
+        return jnp.float64 if attr == "float32" else getattr(jnp, attr)
+
+
 def network(name):
-    """(apply_fn, variables, input shape) with BatchNorm statistics shifted off init."""
-    module, shape = NETWORKS[name]()
+    """(apply_fn, variables, input shape) with BatchNorm statistics shifted off init.
+
+    Under jax_enable_x64 (the reference), WRN is built with dtype=float64 and
+    npc_jax.models' ``.astype(jnp.float32)`` of its features reads float64: it
+    computes in its ``dtype`` and casts the features, so x64 alone leaves it float32.
+    """
+    if name == "wrn" and jax.config.jax_enable_x64:
+        import npc_jax.models as models
+        models.jnp = _Float64Numpy()
+        module = get_model("wrn28_2", NUM_CLASSES, (32, 32, 3), dtype=jnp.float64).module
+        return _wrap(module, (32, 32, 3))
+    return _wrap(*NETWORKS[name]())
+
+
+def _wrap(module, shape):
     variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
     variables = {"params": variables["params"],
                  "batch_stats": jax.tree_util.tree_map(lambda a: a + 0.1,
