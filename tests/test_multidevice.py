@@ -21,9 +21,10 @@ ProbCover, MaxHerding) pick the same points on 8 devices as on 1 with the same
 key; their float objectives agree within 1e-4 relative (measured, JAX 0.5.3
 and 0.10.2: at most 7.6e-6, the full kernel's screening scores in float32;
 2.9e-6 for the float32 spread of the scores of NPC's random batches, 7e-8 for
-BADGE's distances, 1e-13 for float64 Grams; most are equal bit for bit);
-k-means with its Lloyd steps sharded over row blocks equals one device's bit
-for bit.
+BADGE's distances, 1e-13 for float64 Grams; most are equal bit for bit).
+k-means sharded over row blocks gives the same labels and iterations, its
+centres and inertia within 1e-5 relative (measured: 1 ulp, 4.8e-7, on 5003
+points after 82 Lloyd steps; equal on the test's 2100).
 """
 import dataclasses
 import functools
@@ -34,6 +35,7 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 from npc_jax import inference, train
@@ -99,8 +101,11 @@ def test_strategies_pool_loops_on_8_devices_pick_as_on_1_device():
                 assert value == pytest.approx(expected[path], rel=1e-4, abs=1e-12), (name, path)
             else:
                 assert value == expected[path], (name, path)
-    # k-means' Lloyd steps sharded over blocks: the block sums added in order, bit for bit.
-    assert _run("pool", 8)["kmeans"] == _run("pool", 1)["kmeans"]
+    # k-means sharded over row blocks: the same labels, centres to float32 round-off.
+    eight, one = _run("pool", 8)["kmeans"], _run("pool", 1)["kmeans"]
+    assert eight["labels"] == one["labels"] and eight["iterations"] == one["iterations"]
+    assert np.allclose(eight["centers"], one["centers"], rtol=1e-5, atol=1e-6)
+    assert eight["inertia"] == pytest.approx(one["inertia"], rel=1e-5)
 
 
 def test_batch_size_that_does_not_divide_the_devices_is_refused():

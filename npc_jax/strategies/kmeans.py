@@ -33,9 +33,11 @@ Devices: with D > 1 local devices and at least two row blocks, Lloyd's
 assignment and per-block statistics run sharded over the blocks
 (`pool_mesh`: the blocks padded to a multiple of D with empty ones, each
 device its share); the per-block sums and counts are gathered and added in
-block order, so the centres, labels and inertia are those of one device, bit
-for bit (tested on 8 fake CPU devices). The seeding runs on every device
-alike (replicated).
+block order. The seeding's distances are sharded over the rows and
+all-gathered; its draws and sums run on every device alike. Measured on 8
+fake CPU devices: the same seeds and labels as one device, the centres within
+1 ulp (a block's one-hot matmul may round differently on another device's
+threads), the same iterations and inertia (tests/test_multidevice.py).
 """
 from __future__ import annotations
 
@@ -92,16 +94,20 @@ def _draw(key, weights):
     return jnp.minimum(jnp.searchsorted(cumulative, u, side="left"), weights.shape[0] - 1)
 
 
-def _seed(key, x, x_sq, k, trials, max_trials, slots):
+def _seed(key, x, x_sq, k, trials, max_trials, slots, distances=None):
     """(slots, d) greedy k-means++ seeds (scikit-learn's variant) in rows 0..k-1.
 
     `trials` (traced, 2 + ⌊ln k⌋) of `max_trials` candidate draws are used;
     each draw has its own key, so the seeds do not depend on `slots`.
+    `distances(points (m, d)) -> (N, m)` the squared distances of every row to
+    `points` (default `_sq_dist` on this device; sharded over rows with a mesh).
     """
     n = x.shape[0]
+    if distances is None:
+        distances = lambda points: _sq_dist(x, x_sq, points)
     first_key, draw_key = jax.random.split(key)
     first = jax.random.randint(first_key, (), 0, n)
-    min_d = _sq_dist(x, x_sq, x[first][None])[:, 0]
+    min_d = distances(x[first][None])[:, 0]
     centers = jnp.zeros((slots, x.shape[1]), x.dtype).at[0].set(x[first])
 
     def step(i, carry):
@@ -113,7 +119,7 @@ def _seed(key, x, x_sq, k, trials, max_trials, slots):
         keys = jax.vmap(lambda t: jax.random.fold_in(step_key, t))(jnp.arange(max_trials))
         picks = jax.vmap(_draw, (0, None))(keys, weights)
         # Keep the trial that lowers the potential Σ D² most (unused trials: +inf).
-        new_d = jnp.minimum(min_d[:, None], _sq_dist(x, x_sq, x[picks]))
+        new_d = jnp.minimum(min_d[:, None], distances(x[picks]))
         potential = jnp.where(jnp.arange(max_trials) < trials, jnp.sum(new_d, 0), jnp.inf)
         best = jnp.argmin(potential)
         return centers.at[i].set(x[picks[best]]), new_d[:, best]
@@ -165,6 +171,19 @@ def _all_block_stats(blocks, block_sq, valid, centers, half_sq, mesh, num_blocks
     return tuple(o[:num_blocks] for o in out)
 
 
+def _sharded_distances(x, x_sq, mesh):
+    """``distances(points (m, d)) -> (N, m)`` `_sq_dist` with x's rows split over `mesh` and
+    the (N, m) result all-gathered (the seeding's O(N m d) part per device)."""
+    n = x.shape[0]
+    axis, spec, replicated = mesh.axis_names[0], pool_mesh.rows_spec(mesh), PartitionSpec()
+    extra = pool_mesh.padded_length(n, mesh) - n
+    x, x_sq = jnp.pad(x, ((0, extra), (0, 0))), jnp.pad(x_sq, (0, extra))
+    local = pool_mesh.shard_map(
+        lambda x, x_sq, points: jax.lax.all_gather(_sq_dist(x, x_sq, points), axis, tiled=True),
+        mesh, (spec, spec, replicated), replicated)
+    return lambda points: local(x, x_sq, points)[:n]
+
+
 @functools.partial(jax.jit, static_argnames=("slots", "max_trials", "block_rows", "max_iter",
                                              "mesh"))
 def _kmeans(key, x, k, trials, slots, max_trials, block_rows, max_iter, tol, mesh=None):
@@ -194,7 +213,8 @@ def _kmeans(key, x, k, trials, slots, max_trials, block_rows, max_iter, tol, mes
         _, shift, it = carry
         return (it < max_iter) & (shift > threshold)
 
-    centers = _seed(key, x, x_sq, k, trials, max_trials, slots)
+    centers = _seed(key, x, x_sq, k, trials, max_trials, slots,
+                    None if mesh is None else _sharded_distances(x, x_sq, mesh))
     centers, _, iterations = jax.lax.while_loop(
         not_done, update, (centers, jnp.asarray(jnp.inf, x.dtype), 0))
     _, _, labels, dist = stats(centers)
