@@ -146,7 +146,7 @@ def kmeans_check(seed: int = 0) -> dict:
 # (strategy, options, labeled points): each strategy's own pool loop, sharded on 8 devices.
 STRATEGIES = (
     ("npc", {"num_candidates": 48}, 4),
-    ("npc_full", {"num_candidates": 12, "screen_top": 3}, 4),
+    ("npc_full", {"num_candidates": 8, "full_exact": True}, 4),
     ("npc_embed", {"num_candidates": 24}, 4),
     ("npc_search", {"num_candidates": 8, "max_swaps": 2, "swap_candidates": 8}, 4),
     ("badge", {}, 4),
