@@ -38,6 +38,10 @@ _WORKER_FIELDS = ("shard",)
 _HASH_NEUTRAL_DEFAULTS = {"model_dtype": "float32", "initial_trainings": 1, "init": "scratch",
                           "first_query_size": 0, "continue_with": "",
                           "cold_start_network": "pretrained"}
+# How many devices a training is spread over is how it is computed, not what:
+# results agree across device counts to round-off (tests/test_multidevice.py),
+# so a run resumes on a machine with another device count.
+_HOW_COMPUTED_TRAIN_FIELDS = {"devices"}
 # Where things are kept, not what is computed: outside the hash.
 _LOCATION_FIELDS = ("pretrain_cache",)
 # Strategy options that default to a run setting: {strategy: {option: setting}}.
@@ -289,8 +293,12 @@ def _strategy_options(cfg: dict, names: tuple[str, ...]) -> dict:
 
 def run_identity(cfg: dict) -> dict:
     """The config fields that identify a workdir's run (what `config_hash` hashes)."""
-    return {k: v for k, v in cfg.items() if k not in _SUBSET_FIELDS + _LOCATION_FIELDS
-            and not (k in _HASH_NEUTRAL_DEFAULTS and v == _HASH_NEUTRAL_DEFAULTS[k])}
+    identity = {k: v for k, v in cfg.items() if k not in _SUBSET_FIELDS + _LOCATION_FIELDS
+                and not (k in _HASH_NEUTRAL_DEFAULTS and v == _HASH_NEUTRAL_DEFAULTS[k])}
+    if isinstance(identity.get("train"), dict):
+        identity["train"] = {k: v for k, v in identity["train"].items()
+                             if k not in _HOW_COMPUTED_TRAIN_FIELDS}
+    return identity
 
 
 def config_difference(recorded: dict, current: dict) -> str:

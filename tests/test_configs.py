@@ -163,3 +163,20 @@ def test_pretrain_config_smoke(tmp_path):
     assert quality is None and (result.path / "meta.json").exists()
     again, _ = pretraining.run_from_config(config, tmp_path, evaluate=False)
     assert again.hit and again.path == result.path
+
+
+def test_the_committed_l1_records_keep_their_config_hash_and_devices_is_not_hashed():
+    """The L1 records (records/l1) resume under today's fmnist_assl.py: fields added
+    since (first_query_size, continue_with, cold_start_network, train.devices) stay
+    out of the hash at their defaults, and the device count never enters it."""
+    import json
+
+    from npc_jax.config import RunSettings
+
+    for mode, path in (("assl", "records/l1/assl.jsonl"), ("asl", "records/l1/asl.jsonl")):
+        with open(ROOT / path) as f:
+            recorded = json.loads(f.readline())["config_hash"]
+        config = _config("fmnist_assl", mode)
+        assert RunSettings.from_config(config).config_hash == recorded
+        config.train.devices = 8
+        assert RunSettings.from_config(config).config_hash == recorded
