@@ -180,18 +180,22 @@ def strategies_check(seed: int = 0) -> dict:
 
 
 def bench(n: int, seed: int = 0) -> dict:
-    """Seconds (best of 2 after a warm-up) of NPC's candidate scoring (last layer, m = 1000
-    batches of 20, L = 20) and of coreset's k-center greedy (q = 100) on n pool points."""
-    from npc_jax.strategies import coreset, kernels, search
+    """Seconds (best of 2 after a warm-up) of NPC's candidate scoring (m = 1000 batches of
+    20, L = 20, a float64 kernel of 128-d features: the last-layer kernel's path), coreset's
+    k-center greedy and BADGE's k-means++ seeding (C = 10, q = 100) on n pool points."""
+    from npc_jax.strategies import badge, coreset, kernels, search
 
     rng = np.random.default_rng(seed)
     features = rng.normal(size=(n, 128)).astype(np.float32)
     labeled = np.arange(20)
     batches = 20 + np.stack([rng.choice(n - 20, 20, replace=False) for _ in range(1000)])
     kernel = kernels.feature_kernel(features, float64=True)
+    factors = badge.gradient_factor(rng.normal(size=(n, 10)).astype(np.float32))
     is_center = np.arange(n) < 20
     jobs = {"npc_scoring": lambda: search.score_batches(kernel, labeled, batches),
-            "coreset": lambda: coreset.k_center_greedy(features, is_center, ~is_center, 100)}
+            "coreset": lambda: coreset.k_center_greedy(features, is_center, ~is_center, 100),
+            "badge": lambda: badge.kmeans_pp_gradient(factors, features, ~is_center, 100,
+                                                      jax.random.PRNGKey(seed))}
     out = {"num_devices": jax.local_device_count(), "n": n}
     for name, job in jobs.items():
         job()

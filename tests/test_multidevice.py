@@ -39,6 +39,7 @@ import numpy as np
 import pytest
 
 from npc_jax import inference, train
+from npc_jax.strategies import pool_mesh
 
 SCRIPT = Path(__file__).with_name("multidevice.py")
 
@@ -126,4 +127,5 @@ def test_one_device_keeps_the_single_device_path():
     assert jax.local_device_count() == 1
     assert train.data_parallel_mesh(train.TrainConfig()) is None   # default: all (= 1)
     assert inference.local_mesh() is None
+    assert pool_mesh.mesh() is None   # the strategies' loops keep their single-device code
     assert dataclasses.replace(train.TrainConfig(), devices=1).devices == 1
