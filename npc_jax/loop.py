@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -98,8 +99,9 @@ class Experiment:
       init_variables: the pretrained variables every training starts from, or None.
       pretraining: what the records say of the pretraining (None: from scratch).
       progress: show tqdm bars.
-      embedding: (N, d) the pool embedded by the pretrained encoder (None:
-        no pretraining), for the embedding-based strategies.
+      embedding: () -> (N, d) the pool embedded by the pretrained encoder,
+        computed on first call and kept (None: no pretraining), for the
+        embedding-based strategies.
     """
 
     settings: RunSettings
@@ -112,7 +114,7 @@ class Experiment:
     init_variables: Any = None
     pretraining: dict | None = None
     progress: bool = False
-    embedding: np.ndarray | None = None
+    embedding: Callable[[], np.ndarray] | None = None
 
 
 def prepare(settings: RunSettings, dataset: Dataset, labeller, *,
@@ -139,9 +141,13 @@ def prepare(settings: RunSettings, dataset: Dataset, labeller, *,
         labeller = labelling.TrueLabels(dataset.y_train, dataset.num_classes)
     test = (dataset.x_test, dataset.y_test) if len(dataset.y_test) else None
     embedding = None
-    if init_variables is not None:   # once per run: one pass of the encoder over the pool
-        embedding = representation.embed(model, init_variables, dataset.x_train,
-                                         batch_size=settings.train.eval_batch_size)
+    if init_variables is not None:
+        pool_images = dataset.x_train
+
+        @functools.cache
+        def embedding() -> np.ndarray:   # one pass of the encoder, on a strategy's first ask
+            return representation.embed(model, init_variables, pool_images,
+                                        batch_size=settings.train.eval_batch_size)
     return Experiment(settings, model, dataset, labeller, test, validation, fingerprint,
                       init_variables, pretraining, progress, embedding)
 

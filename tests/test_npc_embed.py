@@ -1,6 +1,8 @@
 """npc_embed: NPC's rule (λ_min over labeled ∪ batch, Algorithm 1) on the cosine kernel
 of the peers' pool embedding, against a plain numpy reference; Proposition 1; records.
 """
+import dataclasses
+import functools
 import json
 
 import jax
@@ -108,3 +110,25 @@ def test_bad_inputs():
     z[3, 2] = np.nan
     with pytest.raises(ValueError, match="Non-finite"):
         make_strategy("npc_embed").select(KEY, _ctx(z), Pool(30), 2)
+
+
+def test_a_lazy_pretrained_embedding_is_made_on_first_use_only():
+    """The loop passes the pretrained embedding as a function: strategies that never
+    ask for it never compute it, and those that do get the same picks as with
+    the array."""
+    calls = []
+    z = np.random.default_rng(7).normal(size=(40, 8)).astype(np.float32)
+    ctx_array = _ctx(z)
+
+    def lazy():
+        calls.append(1)
+        return z
+
+    ctx_lazy = dataclasses.replace(ctx_array, embedding=functools.cache(lazy))
+    make_strategy("passive").select(jax.random.PRNGKey(0), ctx_lazy, Pool(len(z)), 3)
+    assert calls == []
+    for name in ("typiclust", "npc_embed"):
+        a = make_strategy(name).select(jax.random.PRNGKey(0), ctx_array, Pool(len(z)), 3)
+        b = make_strategy(name).select(jax.random.PRNGKey(0), ctx_lazy, Pool(len(z)), 3)
+        np.testing.assert_array_equal(a.indices, b.indices)
+    assert calls == [1]

@@ -15,7 +15,7 @@ strategy carries between rounds.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import numpy as np
@@ -46,7 +46,9 @@ class AcquisitionContext:
         labeled indices are meaningful (a strategy must not read others).
       batch_size: forward-pass batch for chunked inference over the pool.
       embedding: (N, d) float32 embedding of the whole pool by the run's
-        self-supervised encoder (computed once per run), or None when the run
+        self-supervised encoder, or a function of no argument that returns it
+        (the loop passes one that embeds the pool on first use and keeps it,
+        so runs whose strategies never ask pay nothing), or None when the run
         has no pretraining. Read through `embed`.
     """
 
@@ -55,11 +57,16 @@ class AcquisitionContext:
     images: np.ndarray
     labels: np.ndarray
     batch_size: int = 1000
-    embedding: np.ndarray | None = None
+    embedding: np.ndarray | Callable[[], np.ndarray] | None = None
 
     @property
     def num_classes(self) -> int:
         return self.model.num_classes
+
+    def pretrained_embedding(self) -> np.ndarray | None:
+        """(N, d) the run's pretrained embedding of the whole pool (made on first
+        use when `embedding` is a function), or None without a pretraining."""
+        return self.embedding() if callable(self.embedding) else self.embedding
 
     def embed(self, indices, source: str = "auto") -> np.ndarray:
         """(n, d) float32 representation of pool `indices` for embedding-based strategies.
@@ -79,7 +86,7 @@ class AcquisitionContext:
                 raise ValueError("embedding='pretrained' needs a run with a self-supervised "
                                  "pretraining (config.init='pretrained'); use "
                                  "embedding='features' or 'auto'.")
-            return np.asarray(self.embedding[indices], np.float32)
+            return np.asarray(self.pretrained_embedding()[indices], np.float32)
         _, features = self.logits_and_features(indices)
         return np.asarray(features, np.float32)
 

@@ -70,10 +70,12 @@ def pool_embedding(ctx: AcquisitionContext, source: str = "auto",
     num = len(ctx.images)
     if num == 0:
         raise ValueError("pool_embedding needs a non-empty pool.")
-    if embed_fn is None and source != "features" and ctx.embedding is not None \
-            and len(ctx.embedding) == num:
+    pretrained = (ctx.pretrained_embedding()
+                  if embed_fn is None and source != "features" and ctx.embedding is not None
+                  else None)
+    if pretrained is not None and len(pretrained) == num:
         # The pretrained embedding is already in memory: one cast, no per-chunk copies.
-        embedding = np.asarray(ctx.embedding, np.float32)
+        embedding = np.asarray(pretrained, np.float32)
         if embedding.ndim != 2:
             raise ValueError(f"the pretrained embedding must be (N, d), got {embedding.shape}.")
     else:
