@@ -73,22 +73,21 @@ def _setup(args):
     return data, model, variables, pool
 
 
-def train_weights(args):
-    """A few hundred supervised Adam steps: a trained-ish network for the benchmark."""
-    import flax.serialization
+def fit_quickly(model, images, labels, *, steps: int, seed: int, sort_batches: bool = False):
+    """`steps` supervised Adam steps (lr 1e-3, batches of 64) on 2 000 random images of
+    `images` (N, H, W, C) uint8: a trained-ish network for the benchmarks (bench_scale
+    too). `sort_batches` reads each batch in index order (memory-mapped pools).
+    Returns (variables, last loss)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     import optax
 
-    from npc_jax.data import images_to_float, load_dataset
-    from npc_jax.models import get_model
+    from npc_jax.data import images_to_float
 
-    data = load_dataset("fashion_mnist")
-    model = get_model("cnn", data.num_classes, data.image_shape)
-    variables = model.init(jax.random.PRNGKey(args.seed))
-    rng = np.random.default_rng(args.seed + 1)
-    subset = rng.choice(len(data.x_train), 2000, replace=False)
+    variables = model.init(jax.random.PRNGKey(seed))
+    rng = np.random.default_rng(seed + 1)
+    subset = rng.choice(len(images), min(2000, len(images)), replace=False)
     tx = optax.adam(1e-3)
     opt = tx.init(variables["params"])
 
@@ -102,13 +101,30 @@ def train_weights(args):
         return {"params": optax.apply_updates(variables["params"], updates),
                 "batch_stats": stats}, opt, loss
 
-    for i in range(args.train_steps):
+    loss = float("nan")
+    for _ in range(steps):
         batch = rng.choice(subset, 64, replace=False)
-        variables, opt, loss = step(variables, opt, images_to_float(data.x_train[batch]),
-                                    jnp.asarray(data.y_train[batch]))
+        if sort_batches:
+            batch = np.sort(batch)
+        variables, opt, loss = step(variables, opt, images_to_float(images[batch]),
+                                    jnp.asarray(labels[batch]))
+    return variables, float(loss)
+
+
+def train_weights(args):
+    """A few hundred supervised Adam steps: a trained-ish network for the benchmark."""
+    import flax.serialization
+
+    from npc_jax.data import load_dataset
+    from npc_jax.models import get_model
+
+    data = load_dataset("fashion_mnist")
+    model = get_model("cnn", data.num_classes, data.image_shape)
+    variables, loss = fit_quickly(model, data.x_train, data.y_train, steps=args.train_steps,
+                                  seed=args.seed)
     Path(args.weights).parent.mkdir(parents=True, exist_ok=True)
     Path(args.weights).write_bytes(flax.serialization.to_bytes(variables))
-    print(f"trained {args.train_steps} steps, last loss {float(loss):.3f} -> {args.weights}")
+    print(f"trained {args.train_steps} steps, last loss {loss:.3f} -> {args.weights}")
 
 
 def worker(args):

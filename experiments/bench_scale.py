@@ -178,37 +178,14 @@ def prepare(args) -> dict:
 def train_weights(args, x, y, path: Path) -> None:
     """`--train-steps` supervised Adam steps on 2 000 random pool images."""
     import flax.serialization
-    import jax
-    import jax.numpy as jnp
-    import optax
 
-    from npc_jax.data import images_to_float
+    from bench_npc import fit_quickly
     from npc_jax.models import get_model
 
-    model = get_model("cnn", NUM_CLASSES)
-    variables = model.init(jax.random.PRNGKey(args.seed))
-    rng = np.random.default_rng(args.seed + 1)
-    subset = rng.choice(len(x), min(2000, len(x)), replace=False)
-    tx = optax.adam(1e-3)
-    opt = tx.init(variables["params"])
-
-    @jax.jit
-    def step(variables, opt, images, labels):
-        def loss_fn(params):
-            logits, stats = model.apply_train({**variables, "params": params}, images)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), stats
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
-        updates, opt = tx.update(grads, opt)
-        return {"params": optax.apply_updates(variables["params"], updates),
-                "batch_stats": stats}, opt, loss
-
-    loss = float("nan")
-    for _ in range(args.train_steps):
-        batch = np.sort(rng.choice(subset, 64, replace=False))
-        variables, opt, loss = step(variables, opt, images_to_float(x[batch]),
-                                    jnp.asarray(y[batch]))
+    variables, loss = fit_quickly(get_model("cnn", NUM_CLASSES), x, y, steps=args.train_steps,
+                                  seed=args.seed, sort_batches=True)
     path.write_bytes(flax.serialization.to_bytes(variables))
-    print(f"cnn: {args.train_steps} steps, last loss {float(loss):.3f} -> {path}", flush=True)
+    print(f"cnn: {args.train_steps} steps, last loss {loss:.3f} -> {path}", flush=True)
 
 
 # -- one acquisition per process -------------------------------------------------------------
