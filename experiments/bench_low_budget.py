@@ -63,6 +63,9 @@ flags.DEFINE_integer("peer_timeout", 600, "Seconds before a peer run is killed."
 flags.DEFINE_float("peer_memory_gb", 12.0, "Address-space cap of a peer run (GiB).")
 flags.DEFINE_integer("timeout", 3600, "Seconds before one of our runs is killed.")
 flags.DEFINE_string("out", "", "Optional JSON file for the rows.")
+flags.DEFINE_integer("repeats", 1, "Runs per (strategy, N), ours and the peer interleaved "
+                     "(ours, peer, ours, peer, ...) so that both see the same load; the "
+                     "summary line gives the medians and the median of the paired ratios.")
 flags.DEFINE_string("worker", "", "Internal: 'strategy:impl:N' runs one job here.")
 
 NUM_CLASSES = 10
@@ -194,6 +197,24 @@ def run_job(name: str, impl: str, n: int) -> dict:
             "status": "ok", "picks": result["picks"], "objective": result["objective"]}
 
 
+def _summary(name: str, n: int, pairs: list) -> None:
+    """Medians over the repeats and the median of the per-pair time ratios (peer / ours)."""
+    ok = [p for p in pairs if all(r["status"] == "ok" for r in p.values())]
+    if not ok:
+        return
+    med = lambda impl, field: float(np.median([p[impl][field] for p in ok]))
+    ratios = [p["skactiveml"]["seconds"] / p["ours"]["seconds"] for p in ok]
+    own = {impl: [p[impl]["peak_rss_mb"] - p[impl]["baseline_rss_mb"] for p in ok]
+           for impl in ("ours", "skactiveml")}
+    print(f"{name} N={n}: {len(ok)} pairs; median ours {med('ours', 'seconds'):.2f} s, "
+          f"peer {med('skactiveml', 'seconds'):.2f} s; ratio median {np.median(ratios):.2f}x "
+          f"(min {min(ratios):.2f}, max {max(ratios):.2f}); peak RSS median ours "
+          f"{med('ours', 'peak_rss_mb'):.0f} MB, peer {med('skactiveml', 'peak_rss_mb'):.0f} MB "
+          f"(ratio {med('ours', 'peak_rss_mb') / med('skactiveml', 'peak_rss_mb'):.2f}); "
+          f"above idle ours {np.median(own['ours']):.0f} MB, peer "
+          f"{np.median(own['skactiveml']):.0f} MB", flush=True)
+
+
 def main(argv):
     del argv
     if FLAGS.worker:
@@ -202,15 +223,26 @@ def main(argv):
     for n in map(int, FLAGS.sizes):
         for name in FLAGS.strategies:
             peer = FLAGS.peer and STRATEGIES[name][1] is not None
-            for impl in ["ours"] + (["skactiveml"] if peer else []):
-                row = run_job(name, impl, n)
-                # Peak RSS of the same process without the selection call.
-                row["baseline_rss_mb"] = baselines.setdefault(
-                    (impl, n), run_job(name, impl + "_idle", n)["peak_rss_mb"])
-                rows.append(row)
-                print(f"{name:14s} {impl:10s} N={n:>8d}  {row.get('seconds', '-'):>8} s  "
-                      f"peak {row['peak_rss_mb']:>6d} MB (idle {row['baseline_rss_mb']:>5d})"
-                      f"  {row['status']}", flush=True)
+            pairs = []
+            for repeat in range(FLAGS.repeats):
+                pair = {}
+                for impl in ["ours"] + (["skactiveml"] if peer else []):
+                    load = os.getloadavg()[0]
+                    row = run_job(name, impl, n)
+                    # Peak RSS of the same process without the selection call.
+                    row["baseline_rss_mb"] = baselines.setdefault(
+                        (impl, n), run_job(name, impl + "_idle", n)["peak_rss_mb"])
+                    row.update(repeat=repeat, load_before=round(load, 2),
+                               load_after=round(os.getloadavg()[0], 2))
+                    rows.append(row)
+                    pair[impl] = row
+                    print(f"{name:14s} {impl:10s} N={n:>8d}  {row.get('seconds', '-'):>8} s  "
+                          f"peak {row['peak_rss_mb']:>6d} MB (idle {row['baseline_rss_mb']:>5d})"
+                          f"  load {row['load_before']:.1f}->{row['load_after']:.1f}"
+                          f"  {row['status']}", flush=True)
+                pairs.append(pair)
+            if peer and FLAGS.repeats > 1:
+                _summary(name, n, pairs)
     if FLAGS.out:
         with open(FLAGS.out, "w") as f:
             json.dump(rows, f, indent=1)

@@ -75,6 +75,52 @@ def test_neighbours_match_brute_force():
     np.testing.assert_array_equal(neighbours.ball_counts(x, 2.0), (d <= 2.0).sum(1))
 
 
+def _knn_brute_force(x, k):
+    """Σ of the k + 1 smallest float64 distances (self included) / k, in row chunks."""
+    x = x.astype(np.float64)
+    out = []
+    for start in range(0, len(x), 500):
+        d = np.sqrt(((x[start:start + 500, None] - x[None]) ** 2).sum(-1))
+        out.append(np.sort(d, 1)[:, :k + 1].sum(1) / k)
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("n,k", [(22, 20), (300, 1), (1023, 5), (1024, 20), (1025, 20),
+                                 (1600, 7)])
+def test_knn_partition_path_matches_the_top_k_reference(n, k):
+    """The single-device path (XLA distance tiles, numpy partition) against the plain
+    reference (`_knn_mean`: one XLA top_k per block) and float64 brute force, on random
+    rows with exact duplicates (ties at distance 0)."""
+    rng = np.random.default_rng(n + k)
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    x[n // 2:n // 2 + 3] = x[0]
+    got = neighbours.knn_mean_distance(x, k)
+    centred = neighbours._centred(x)
+    n_pad = neighbours._bucket(n)
+    padded = np.zeros((n_pad, 6), np.float32)
+    padded[:n] = centred
+    reference = np.asarray(neighbours._knn_mean(jax.numpy.asarray(padded), n, k, n_pad))[:n]
+    # atol (the 4 copies only): a copy's squared distance to another is 0 only up to the
+    # expanded form's cancellation, ≈ ε‖x‖² (≈ 1e-6 here), whose root is ≈ 1e-3 in both
+    # paths; 3 such neighbours in a sum divided by k.
+    np.testing.assert_allclose(got, reference, rtol=2e-6, atol=6e-3 / k)
+    np.testing.assert_allclose(got, _knn_brute_force(x, k), rtol=1e-5, atol=6e-3 / k)
+    plain = np.ones(n, bool)
+    plain[[0, n // 2, n // 2 + 1, n // 2 + 2]] = False
+    np.testing.assert_allclose(got[plain], reference[plain], rtol=2e-6)
+
+
+def test_knn_sharded_path_with_a_partial_last_block(monkeypatch):
+    """4500 rows pad to 5120 with 2048-row blocks: the last block used to run past the
+    padding and be clamped (by dynamic_slice) onto other rows; on a 1-device mesh."""
+    from jax.sharding import Mesh
+    monkeypatch.setattr(neighbours.pool_mesh, "mesh",
+                        lambda: Mesh(np.array(jax.devices()[:1]), ("rows",)))
+    x = np.random.default_rng(0).normal(size=(4500, 4)).astype(np.float32)
+    np.testing.assert_allclose(neighbours.knn_mean_distance(x, 20), _knn_brute_force(x, 20),
+                               rtol=1e-5)
+
+
 def test_kmeans_matches_sklearn():
     sklearn_cluster = pytest.importorskip("sklearn.cluster")
     z, _ = _blobs([40, 50, 60, 70, 80], spread=1.0)
