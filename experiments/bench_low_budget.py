@@ -38,6 +38,11 @@ construction (exact ball graph): ≈ 280× the 60k time, hours here; not run.
 Our peak RSS includes JAX's runtime (≈ 200-250 MB after import).
 MaxHerding (its module docstring): 60k ours 58 s / 372 MB, the peer cannot
 allocate its 60k × 60k kernel; 1M with num_candidates=20000: 214 s / 2.4 GB.
+2026-11-30, after the typicality change (partition path), interleaved
+(`--repeats=4`, load 2.2-3.9): typiclust ours 3.32-3.82 s, peak 359 MB (idle
+199); the peer at its default threads 22.4-22.6 s in 7 of 10 runs, 9.7-10.7 s
+in 3 (OpenMP + two OpenBLAS pools oversubscribing 2 shared cores); with
+`--peer_threads=1` 3.45-3.57 s, ours 0.95x of it.
 Tables and goals: BENCHMARKS.md, P7.
 """
 from __future__ import annotations
@@ -61,6 +66,11 @@ flags.DEFINE_integer("labeled", 10, "Labeled points |L| (drawn uniformly).")
 flags.DEFINE_boolean("peer", True, "Also run scikit-activeml.")
 flags.DEFINE_integer("peer_timeout", 600, "Seconds before a peer run is killed.")
 flags.DEFINE_float("peer_memory_gb", 12.0, "Address-space cap of a peer run (GiB).")
+flags.DEFINE_integer("peer_threads", 0,
+                     "If > 0, OMP_NUM_THREADS and OPENBLAS_NUM_THREADS for the peer's process "
+                     "(0: the libraries' defaults, 2 OpenMP + 2 per OpenBLAS here). On the "
+                     "shared 2-core machine the defaults oversubscribe: TypiClust 60k took "
+                     "21.5 s with them, 2.6 s with 1 thread (2026-11-30).")
 flags.DEFINE_integer("timeout", 3600, "Seconds before one of our runs is killed.")
 flags.DEFINE_string("out", "", "Optional JSON file for the rows.")
 flags.DEFINE_integer("repeats", 1, "Runs per (strategy, N), ours and the peer interleaved "
@@ -176,7 +186,12 @@ def run_job(name: str, impl: str, n: int) -> dict:
             f"--dim={FLAGS.dim}", f"--q={FLAGS.q}", f"--labeled={FLAGS.labeled}"]
     peer = impl.startswith("skactiveml")
     timeout = FLAGS.peer_timeout if peer else FLAGS.timeout
+    env = dict(os.environ)
+    if peer and FLAGS.peer_threads > 0:
+        env.update(OMP_NUM_THREADS=str(FLAGS.peer_threads),
+                   OPENBLAS_NUM_THREADS=str(FLAGS.peer_threads))
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env,
                             preexec_fn=_cap_memory(FLAGS.peer_memory_gb) if peer else None)
     start, peak = time.monotonic(), 0.0
     while proc.poll() is None and time.monotonic() - start < timeout:
