@@ -110,6 +110,14 @@ def test_knn_partition_path_matches_the_top_k_reference(n, k):
     np.testing.assert_allclose(got[plain], reference[plain], rtol=2e-6)
 
 
+def test_knn_partition_path_wide_tiles(monkeypatch):
+    """The wide-column tiles (clusters of more than 16384 points) on a small set."""
+    monkeypatch.setattr(neighbours, "KNN_WIDE_FROM", 1000)
+    x = np.random.default_rng(5).normal(size=(1500, 6)).astype(np.float32)
+    np.testing.assert_allclose(neighbours.knn_mean_distance(x, 20), _knn_brute_force(x, 20),
+                               rtol=1e-5)
+
+
 def test_knn_sharded_path_with_a_partial_last_block(monkeypatch):
     """4500 rows pad to 5120 with 2048-row blocks: the last block used to run past the
     padding and be clamped (by dynamic_slice) onto other rows; on a 1-device mesh."""

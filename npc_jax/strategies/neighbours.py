@@ -125,7 +125,7 @@ def _grouped_starts(starts, mesh) -> np.ndarray:
 # The single-device path's distance tile: (rows, cols) float32 (2 MB, cache-sized),
 # one executable for every cluster size up to 16384 points; larger sets (1M pools)
 # use 8192 columns (fewer dispatches) and at most BLOCK_FLOATS per row block.
-KNN_TILE_ROWS, KNN_TILE_COLS, KNN_WIDE_COLS = 512, 1024, 8192
+KNN_TILE_ROWS, KNN_TILE_COLS, KNN_WIDE_COLS, KNN_WIDE_FROM = 512, 1024, 8192, 16385
 
 
 @jax.jit
@@ -142,7 +142,7 @@ def _knn_mean_partition(x: np.ndarray, k: int) -> np.ndarray:
     block's time), sorts them and sums their roots in ascending order, as `_knn_mean`
     (float32)."""
     n, d = x.shape
-    cols_tile = KNN_TILE_COLS if n <= 16384 else KNN_WIDE_COLS
+    cols_tile = KNN_TILE_COLS if n < KNN_WIDE_FROM else KNN_WIDE_COLS
     n_pad = -(-n // cols_tile) * cols_tile
     rows_tile = min(KNN_TILE_ROWS, block_rows_for(n_pad))
     padded = np.zeros((n_pad, d), np.float32)
