@@ -631,11 +631,12 @@ def _run_locked(settings: RunSettings, workdir: Path, *, progress: bool | None,
     dataset, labeller, class_names = _load(settings, workdir)
     if settings.final_num_labels + settings.validation_size > dataset.num_train:
         raise DataError(
-            f"The run needs config.initial_labels ({settings.initial_labels}) + the queries of "
-            f"config.rounds ({settings.rounds}) rounds of config.query_size "
-            f"({settings.query_size}; the first: {settings.first_query_size}) = "
-            f"{settings.final_num_labels} labels, but the pool holds {dataset.num_train} samples "
-            f"(config.validation_size = {settings.validation_size} of them held out); lower "
+            f"The run needs config.initial_labels ({settings.initial_labels}) + config.rounds "
+            f"({settings.rounds}) × config.query_size ({settings.query_size})"
+            + (f" (the first query: config.first_query_size = {settings.first_query_size})"
+               if settings.first_query_size != settings.query_size else "")
+            + f" = {settings.final_num_labels} labels, but the pool holds "
+            f"{dataset.num_train} samples (config.validation_size = {settings.validation_size} of them held out); lower "
             "one of those fields.")
     log = storage.JsonlLog(records_file(workdir, settings.shard))
     writer = distributed.is_writer()
