@@ -136,10 +136,6 @@ class RunSettings:
         a cold start's first batch of 10, then rounds of 20)."""
         return self.first_query_size if round_index == 0 else self.query_size
 
-    def acting_strategy(self, name: str, round_index: int) -> str:
-        """Which strategy makes round `round_index`'s query in the (name, seed) job."""
-        return self.continue_with if (self.continue_with and round_index >= 1) else name
-
     def grid(self) -> list[tuple[int, str]]:
         """Every (seed, strategy) job of the run, in the order the loop runs them."""
         return [(seed, name) for seed in self.seeds for name in self.strategies]

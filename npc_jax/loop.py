@@ -636,8 +636,8 @@ def _run_locked(settings: RunSettings, workdir: Path, *, progress: bool | None,
             + (f" (the first query: config.first_query_size = {settings.first_query_size})"
                if settings.first_query_size != settings.query_size else "")
             + f" = {settings.final_num_labels} labels, but the pool holds "
-            f"{dataset.num_train} samples (config.validation_size = {settings.validation_size} of them held out); lower "
-            "one of those fields.")
+            f"{dataset.num_train} samples (config.validation_size = "
+            f"{settings.validation_size} of them held out); lower one of those fields.")
     log = storage.JsonlLog(records_file(workdir, settings.shard))
     writer = distributed.is_writer()
     ledger = _Ledger(settings, log, dataset.fingerprint(), writer=writer)
