@@ -47,7 +47,7 @@ if TYPE_CHECKING:   # the type only: inference stays free of flax
     from npc_jax.models import Model
 
 __all__ = ["NonFiniteError", "batched_apply", "check_finite", "chunked_map", "device_mesh",
-           "evaluate", "local_mesh", "numpy_rng", "pad_rows", "predict"]
+           "evaluate", "local_mesh", "numpy_rng", "pad_rows", "predict", "shard_map"]
 
 
 class NonFiniteError(FloatingPointError, ValueError):
@@ -89,6 +89,22 @@ def pad_rows(x: np.ndarray, size: int) -> np.ndarray:
     """`x` (n, ...) padded to (size, ...) with copies of its last row (n ≥ 1)."""
     missing = size - len(x)
     return x if missing <= 0 else np.concatenate([x, np.repeat(x[-1:], missing, 0)])
+
+
+def shard_map(fn, mesh: Mesh, in_specs, out_specs, *, check_replication: bool = True):
+    """`fn` mapped per device of `mesh`: ``jax.shard_map`` on current JAX,
+    ``jax.experimental.shard_map.shard_map`` before JAX 0.6.
+
+    `check_replication=False` turns off the check of replicated outputs (for
+    bodies that make them with collectives inside a loop, which older JAX's
+    check cannot see through).
+    """
+    if hasattr(jax, "shard_map"):
+        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                             **({} if check_replication else {"check_vma": False}))
+    from jax.experimental.shard_map import shard_map as experimental
+    return experimental(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                        **({} if check_replication else {"check_rep": False}))
 
 
 @functools.lru_cache(maxsize=None)

@@ -41,7 +41,7 @@ import numpy as np
 import threadpoolctl
 from jax.sharding import PartitionSpec
 
-from npc_jax.inference import check_finite, chunked_map, device_mesh
+from npc_jax.inference import check_finite, chunked_map, device_mesh, shard_map
 
 __all__ = [
     "BACKENDS",
@@ -107,21 +107,12 @@ def min_eigenvalue_jax(stack: jax.Array) -> jax.Array:
 _min_eigenvalue_device = jax.jit(min_eigenvalue_jax)
 
 
-def _shard_map():
-    """`jax.shard_map` on current JAX, `jax.experimental.shard_map.shard_map` before it."""
-    if hasattr(jax, "shard_map"):
-        return jax.shard_map
-    from jax.experimental.shard_map import shard_map
-    return shard_map
-
-
 @functools.lru_cache(maxsize=None)
 def _min_eigenvalue_sharded(mesh):
     """λ_min of a (b, n, n) stack sharded ``P("rows")`` over `mesh`: each device solves
     its (b / D, n, n) slice; returns (b,) sharded the same way."""
     spec = PartitionSpec(mesh.axis_names[0])
-    return jax.jit(_shard_map()(min_eigenvalue_jax, mesh=mesh, in_specs=spec,
-                                out_specs=spec))
+    return jax.jit(shard_map(min_eigenvalue_jax, mesh, in_specs=spec, out_specs=spec))
 
 
 def _check(gram):

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from npc_jax import inference
 from npc_jax.inference import local_mesh
 
 __all__ = ["first_max", "first_min", "mask_row", "mesh", "owner_row", "pad_to", "padded_length", "place",
@@ -56,41 +57,35 @@ def place(x, mesh_: Mesh) -> jax.Array:
 
 
 def shard_map(fn, mesh_: Mesh, in_specs, out_specs):
-    """`fn` mapped per device (``jax.shard_map``, or jax.experimental's before JAX 0.6).
-
-    The replication check is off: the bodies here make their replicated outputs
-    with collectives (`first_max`, `owner_row`), which the check cannot always
-    see through a loop on older JAX.
-    """
-    if hasattr(jax, "shard_map"):
-        return jax.shard_map(fn, mesh=mesh_, in_specs=in_specs, out_specs=out_specs,
-                             check_vma=False)
-    from jax.experimental.shard_map import shard_map as experimental
-    return experimental(fn, mesh=mesh_, in_specs=in_specs, out_specs=out_specs,
-                        check_rep=False)
+    """`fn` mapped per device (`inference.shard_map`), the replication check off: the
+    bodies here make their replicated outputs with collectives (`first_max`,
+    `owner_row`), which the check cannot always see through a loop on older JAX."""
+    return inference.shard_map(fn, mesh_, in_specs, out_specs, check_replication=False)
 
 
 def _offset(local_rows: int, axis: str):
     return jax.lax.axis_index(axis) * local_rows
 
 
+def _first_extreme(local: jax.Array, axis: str, *, largest: bool):
+    """(global index, value) of the first maximum (`largest`) or minimum of a (n,) vector
+    whose rows are split over `axis`, the same on every device."""
+    i = jnp.argmax(local) if largest else jnp.argmin(local)
+    value = local[i]
+    best = (jax.lax.pmax if largest else jax.lax.pmin)(value, axis)
+    index = _offset(local.shape[0], axis) + i
+    return jax.lax.pmin(jnp.where(value == best, index, jnp.iinfo(jnp.int32).max), axis), best
+
+
 def first_max(local: jax.Array, axis: str) -> tuple[jax.Array, jax.Array]:
     """Inside `shard_map`: (global index, value) of the first maximum of a (n,) vector whose
     rows are split over `axis`, the same on every device (= ``jnp.argmax`` of the whole)."""
-    i = jnp.argmax(local)
-    value = local[i]
-    best = jax.lax.pmax(value, axis)
-    index = _offset(local.shape[0], axis) + i
-    return jax.lax.pmin(jnp.where(value == best, index, jnp.iinfo(jnp.int32).max), axis), best
+    return _first_extreme(local, axis, largest=True)
 
 
 def first_min(local: jax.Array, axis: str) -> tuple[jax.Array, jax.Array]:
     """Inside `shard_map`: (global index, value) of the first minimum (= ``jnp.argmin``)."""
-    i = jnp.argmin(local)
-    value = local[i]
-    best = jax.lax.pmin(value, axis)
-    index = _offset(local.shape[0], axis) + i
-    return jax.lax.pmin(jnp.where(value == best, index, jnp.iinfo(jnp.int32).max), axis), best
+    return _first_extreme(local, axis, largest=False)
 
 
 def owner_row(local: jax.Array, index, axis: str) -> jax.Array:
