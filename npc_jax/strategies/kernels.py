@@ -216,7 +216,7 @@ def last_layer_kernel(ctx: AcquisitionContext, *, output: str = "logits",
 
 SCREEN_TOP = 50          # full_kernel: batches scored exactly after screening
 SCREEN_FRACTION = 0.99   # default_screen_layers: share of the parameters in the screen
-SCREEN_ENERGY = 0.05     # full_kernel: patch energy the screen's projections may drop
+SCREEN_ENERGY = 0.10     # full_kernel: patch energy the screen's projections may drop
 
 
 def default_screen_layers(params, fraction: float = SCREEN_FRACTION) -> tuple[str, ...]:
@@ -383,8 +383,8 @@ def full_kernel(ctx: AcquisitionContext, *, output: str = "logits", jacobian_chu
     lower bounds for the rest, and the best score is always an exact one.
     Whether the exact best batch is screened in is measured, not guaranteed
     (BENCHMARKS.md P2 full: 5 acquisitions on the 60k pool, m = 1000: the
-    exact pick 4 times, a batch at 99.49 % of its λ_min once; 66 s vs 145 s
-    for `exact=True` on 2 loaded cores).
+    exact pick 4 times, a batch at 99.49 % of its λ_min once; 49-52 s on 2
+    quiet cores, vs 145 s for `exact=True` at load 2).
 
     Args:
       ctx: the model, its variables and the pool's images.
@@ -398,6 +398,9 @@ def full_kernel(ctx: AcquisitionContext, *, output: str = "logits", jacobian_chu
       screen_top: batches scored exactly after screening.
       screen_layers: names of the layers (top-level parameter collections) of
         the screening kernel; None: `default_screen_layers` of the model.
+      screen_energy: share of each layer's patch energy its projection may drop
+        (0.10: conv1 / conv2 / conv3 of the small CNN keep 23 / 83 / 103 of
+        288 / 576 / 576 directions).
     """
     check_options("full", output)
     apply_fn = ctx.model.apply_fn
@@ -411,9 +414,12 @@ def full_kernel(ctx: AcquisitionContext, *, output: str = "logits", jacobian_chu
     layers = default_screen_layers(params) if screen_layers is None else tuple(screen_layers)
     screen_width = ctx.num_classes * sum(int(np.size(a)) for name in layers
                                          for a in jax.tree_util.tree_leaves(params[name]))
-    screen_scores = _fused_scores(
-        ctx, output, layers, points_per_call=max(1, int(memory_mb * 2 ** 20 // (
-            max(screen_width, 1) * 8))), **options)
+    screen_points = max(1, int(memory_mb * 2 ** 20 // (max(screen_width, 1) * 8)))
+    if jax.default_backend() == "cpu":
+        # One batch per call: its projected Jacobians stay in cache (small CNN, 2
+        # cores: 2.1 ms per point vs 2.6 with 3-6 batches per call; BENCHMARKS P2).
+        screen_points = 1
+    screen_scores = _fused_scores(ctx, output, layers, points_per_call=screen_points, **options)
 
     def represent(indices):
         return tuple(chunked_map(jacobians, ctx.images[indices], chunk_size=jacobian_chunk))
