@@ -42,6 +42,8 @@ _HASH_NEUTRAL_DEFAULTS = {"model_dtype": "float32", "initial_trainings": 1, "ini
 # results agree across device counts to round-off (tests/test_multidevice.py),
 # so a run resumes on a machine with another device count.
 _HOW_COMPUTED_TRAIN_FIELDS = {"devices"}
+# TrainConfig fields added after records were made: out of the hash at these values.
+_HASH_NEUTRAL_TRAIN_DEFAULTS = {"pool_layout": "replicated"}
 # Where things are kept, not what is computed: outside the hash.
 _LOCATION_FIELDS = ("pretrain_cache",)
 # Strategy options that default to a run setting: {strategy: {option: setting}}.
@@ -293,7 +295,9 @@ def run_identity(cfg: dict) -> dict:
                 and not (k in _HASH_NEUTRAL_DEFAULTS and v == _HASH_NEUTRAL_DEFAULTS[k])}
     if isinstance(identity.get("train"), dict):
         identity["train"] = {k: v for k, v in identity["train"].items()
-                             if k not in _HOW_COMPUTED_TRAIN_FIELDS}
+                             if k not in _HOW_COMPUTED_TRAIN_FIELDS and not (
+                                 k in _HASH_NEUTRAL_TRAIN_DEFAULTS
+                                 and v == _HASH_NEUTRAL_TRAIN_DEFAULTS[k])}
     return identity
 
 

@@ -5,6 +5,10 @@ Three sources end in the same `Dataset` record (DESIGN.md section 4):
 * ``"fashion_mnist"``: the IDX files of Debian's ``dataset-fashion-mnist``
   (the embedded default; no TensorFlow needed);
 * ``"npz:PATH"``: a user's own arrays;
+* ``"npy:DIR"``: a user's own arrays as ``.npy`` files with a manifest
+  (`save_npy_dataset`), memory-mapped: nothing is read until used, so each
+  process of a multi-host run reads only its own rows (the pool in
+  ``TrainConfig.pool_layout="sharded"`` blocks, its share of each pool pass);
 * any other name: a tensorflow-datasets image-classification dataset
   (``cifar10``, ``cifar100``, ``svhn_cropped``, ``mnist``, ...). TensorFlow is
   imported only here, inside `load_dataset`, so the core imports without it.
@@ -28,6 +32,7 @@ import dataclasses
 import functools
 import hashlib
 import gzip
+import json
 import os
 import zipfile
 import zlib
@@ -45,7 +50,9 @@ __all__ = [
     "import_tfds",
     "load_dataset",
     "read_idx",
+    "save_npy_dataset",
     "validate_arrays",
+    "write_npy_manifest",
 ]
 
 FASHION_MNIST_ENV = "NPC_JAX_FASHION_MNIST_DIR"
@@ -57,6 +64,9 @@ _FASHION_MNIST_FILES = {
     "y_test": "t10k-labels-idx1-ubyte",
 }
 HELD_OUT_FRACTION = 0.1
+NPY_MANIFEST = "manifest.json"
+_NPY_ARRAYS = ("x", "y", "x_test", "y_test")   # file stems in an npy: folder
+_HASH_CHUNK_BYTES = 64 << 20
 # tfds split -> numpy streaming chunk (see `_tfds_split_to_numpy` for why not batch_size=-1).
 _TFDS_CHUNK = 8192
 
@@ -136,18 +146,27 @@ class Dataset:
         """
         cached = self.__dict__.get("_fingerprint")
         if cached is None:
-            digest = hashlib.sha256(f"classes={self.num_classes}".encode())
-            for array in (self.x_train, self.y_train, self.x_test, self.y_test):
-                array = np.ascontiguousarray(array)
-                digest.update(f"|{array.dtype.str}{array.shape}|".encode())
-                digest.update(array.reshape(-1).view(np.uint8))
-            cached = digest.hexdigest()[:16]
+            cached = _content_fingerprint(self.num_classes, (self.x_train, self.y_train,
+                                                             self.x_test, self.y_test))
             object.__setattr__(self, "_fingerprint", cached)
         return cached
 
     def __repr__(self) -> str:
         return (f"Dataset(name={self.name!r}, x_train={self.x_train.shape} {self.x_train.dtype}, "
                 f"x_test={self.x_test.shape}, num_classes={self.num_classes}, notes={self.notes})")
+
+
+def _content_fingerprint(num_classes: int, arrays) -> str:
+    """`Dataset.fingerprint` of (x_train, y_train, x_test, y_test), read in chunks of
+    rows (a memory map is streamed, never held whole)."""
+    digest = hashlib.sha256(f"classes={num_classes}".encode())
+    for array in arrays:
+        digest.update(f"|{array.dtype.str}{array.shape}|".encode())
+        row_bytes = max(1, array[:1].nbytes)
+        step = max(1, _HASH_CHUNK_BYTES // row_bytes)
+        for start in range(0, len(array), step):
+            digest.update(np.ascontiguousarray(array[start:start + step]).reshape(-1).view(np.uint8))
+    return digest.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- #
@@ -518,6 +537,146 @@ def _load_npz(name: str, path_text: str, seed: int) -> Dataset:
     return Dataset(name, x, y, x_test, y_test, num_classes, {**notes, "test_split": "given"})
 
 
+# --------------------------------------------------------------------------- #
+# User data as memory-mapped .npy files (npy:DIR)
+# --------------------------------------------------------------------------- #
+
+
+def _npy_fix(directory) -> str:
+    return (f"write the folder with npc_jax.data.save_npy_dataset({str(directory)!r}, x, y, "
+            "x_test, y_test), or, for .npy files already there, "
+            f"npc_jax.data.write_npy_manifest({str(directory)!r})")
+
+
+def _open_npy_arrays(directory: Path) -> dict:
+    """{stem: array} of the folder's four .npy files, images memory-mapped, checked."""
+    missing = [f"{stem}.npy" for stem in _NPY_ARRAYS if not (directory / f"{stem}.npy").is_file()]
+    if missing:
+        raise DataError(f"npy folder {str(directory)!r} lacks {', '.join(missing)}; it needs "
+                        "x.npy (N,H,W,C) uint8, y.npy (N,), x_test.npy and y_test.npy (a "
+                        f"memory-mapped pool is not split into a test set here): {_npy_fix(directory)}.")
+    arrays = {}
+    for stem in _NPY_ARRAYS:
+        path = directory / f"{stem}.npy"
+        try:
+            arrays[stem] = np.load(path, mmap_mode="r" if stem.startswith("x") else None,
+                                   allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise DataError(f"Could not read {path} as .npy ({err}); {_npy_fix(directory)}.") from err
+    for stem in ("x", "x_test"):
+        x = arrays[stem]
+        if x.ndim != 4 or x.dtype != np.uint8 or len(x) == 0:
+            raise DataError(f"{directory / (stem + '.npy')} is {x.dtype} of shape {x.shape}; an "
+                            "npy: folder holds uint8 images (N, H, W, C), N >= 1 (a memory "
+                            "map is never scanned, so float pixels could not be checked for "
+                            "NaN or range): convert with (x * 255).round().astype(np.uint8), "
+                            "add the channel axis with x[..., None].")
+    if arrays["x_test"].shape[1:] != arrays["x"].shape[1:]:
+        raise DataError(f"{directory}: x_test.npy images are {arrays['x_test'].shape[1:]} but "
+                        f"x.npy images are {arrays['x'].shape[1:]}; store both splits with "
+                        "one image shape.")
+    return arrays
+
+
+def _file_stamps(directory: Path) -> dict:
+    return {stem: [(directory / f"{stem}.npy").stat().st_size,
+                   (directory / f"{stem}.npy").stat().st_mtime_ns] for stem in _NPY_ARRAYS}
+
+
+def write_npy_manifest(directory: str | os.PathLike, *, num_classes: int | None = None) -> dict:
+    """Checks the .npy files of `directory` and writes its ``manifest.json``.
+
+    The manifest holds the class count, each file's size and modification time
+    and the data's `Dataset.fingerprint` (computed once here, streaming the
+    files), so that loading ``npy:DIR`` reads no image: a process reads only
+    the rows it uses. Files changed afterwards are refused at load until the
+    manifest is written again.
+
+    Args:
+      directory: a folder with x.npy (N, H, W, C) uint8, y.npy (N,) int,
+        x_test.npy and y_test.npy.
+      num_classes: C (default: 1 + the largest label).
+
+    Returns:
+      The manifest (a dict).
+
+    Raises:
+      DataError: a missing or unreadable file, float or non-4-D images,
+        labels that fail `validate_arrays`' label checks, a pool without some class.
+    """
+    directory = Path(directory)
+    arrays = _open_npy_arrays(directory)
+    y = _validate_labels(arrays["y"], num_samples=len(arrays["x"]), num_classes=num_classes,
+                         name=str(directory / "y.npy"))
+    y_test = _validate_labels(arrays["y_test"], num_samples=len(arrays["x_test"]),
+                              num_classes=num_classes, name=str(directory / "y_test.npy"))
+    num_classes = int(num_classes or max(y.max(), y_test.max()) + 1)
+    _require_all_classes(y, num_classes, source=str(directory / "y.npy"))
+    manifest = {"format": 1, "num_classes": num_classes, "files": _file_stamps(directory),
+                "fingerprint": _content_fingerprint(num_classes, (arrays["x"], y,
+                                                                  arrays["x_test"], y_test))}
+    temporary = directory / (NPY_MANIFEST + ".tmp")   # a reader sees the old or the new one
+    temporary.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    os.replace(temporary, directory / NPY_MANIFEST)
+    return manifest
+
+
+def save_npy_dataset(directory: str | os.PathLike, x, y, x_test, y_test, *,
+                     num_classes: int | None = None) -> Path:
+    """Writes arrays as an ``npy:`` folder (the four .npy files and the manifest).
+
+    Args:
+      directory: the folder (created if missing).
+      x, x_test: (N, H, W[, C]) uint8 images; y, y_test: (N,) int labels.
+      num_classes: C (default: 1 + the largest label).
+
+    Returns:
+      The folder: ``load_dataset(f"npy:{folder}")`` memory-maps it.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stem, images, labels in (("x", x, y), ("x_test", x_test, y_test)):
+        images, labels = validate_arrays(images, labels, num_classes=num_classes, name=stem)
+        np.save(directory / f"{stem}.npy", images)
+        np.save(directory / f"y{stem[1:]}.npy", labels)
+    write_npy_manifest(directory, num_classes=num_classes)
+    return directory
+
+
+def _load_npy(name: str, path_text: str) -> Dataset:
+    directory = Path(path_text).expanduser()
+    if not path_text or not directory.is_dir():
+        raise DataError(f"npy folder {str(directory)!r} not found; pass npy:DIR with DIR a "
+                        f"folder made by npc_jax.data.save_npy_dataset.")
+    manifest_path = directory / NPY_MANIFEST
+    if not manifest_path.is_file():
+        raise DataError(f"{directory} has no {NPY_MANIFEST} (it records the data's fingerprint, "
+                        f"so that loading reads no image); {_npy_fix(directory)}.")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        num_classes, fingerprint = int(manifest["num_classes"]), str(manifest["fingerprint"])
+        recorded = {k: list(v) for k, v in manifest["files"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{manifest_path} is not a readable manifest ({err}); "
+                        f"{_npy_fix(directory)}.") from err
+    arrays = _open_npy_arrays(directory)
+    changed = [f"{stem}.npy" for stem, stamp in _file_stamps(directory).items()
+               if recorded.get(stem) != stamp]
+    if changed:
+        raise DataError(f"{', '.join(changed)} in {directory} changed since {NPY_MANIFEST} was "
+                        "written (size or modification time), so its fingerprint may no longer "
+                        "be the data's; write it again with npc_jax.data.write_npy_manifest("
+                        f"{str(directory)!r}).")
+    y = _validate_labels(arrays["y"], num_samples=len(arrays["x"]), num_classes=num_classes,
+                         name=str(directory / "y.npy"))
+    y_test = _validate_labels(arrays["y_test"], num_samples=len(arrays["x_test"]),
+                              num_classes=num_classes, name=str(directory / "y_test.npy"))
+    dataset = Dataset(name, arrays["x"], y, arrays["x_test"], y_test, num_classes,
+                      {"source": str(directory), "test_split": "given", "memory_mapped": True})
+    object.__setattr__(dataset, "_fingerprint", fingerprint)
+    return dataset
+
+
 def _available_memory_bytes() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -655,7 +814,8 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
     Args:
       name: ``"fashion_mnist"`` (Debian IDX files), ``"npz:PATH"`` (user arrays:
         x ``(N,H,W[,C])`` uint8 or float in [0, 1], y ``(N,)`` int, optional
-        x_test / y_test), ``"tfds:NAME"`` or a bare tfds name (``"cifar10"``,
+        x_test / y_test), ``"npy:DIR"`` (`save_npy_dataset`'s folder,
+        images memory-mapped), ``"tfds:NAME"`` or a bare tfds name (``"cifar10"``,
         ``"svhn_cropped"``, ...; splits "train" and "test").
       data_dir: the IDX folder for fashion_mnist (default: env
         ``NPC_JAX_FASHION_MNIST_DIR``, else /usr/share/datasets/fashion-mnist);
@@ -673,13 +833,16 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
     """
     if not isinstance(name, str) or not name.strip():
         raise DataError(f"Dataset name must be a non-empty string, got {name!r}; use "
-                        "'fashion_mnist', 'npz:PATH' or a tfds name such as 'cifar10'.")
+                        "'fashion_mnist', 'npz:PATH', 'npy:DIR' or a tfds name such as "
+                        "'cifar10'.")
     name = name.strip()
     data_dir = os.fspath(data_dir) if data_dir else None  # configs spell "unset" as "".
     if name in ("fashion_mnist", "fashion-mnist"):
         return _load_fashion_mnist(name, data_dir)
     if name.startswith("npz:"):
         return _load_npz(name, name[len("npz:"):], seed)
+    if name.startswith("npy:"):
+        return _load_npy(name, name[len("npy:"):])
     tfds_name = name[len("tfds:"):] if name.startswith("tfds:") else name
     return _load_tfds(name, tfds_name, data_dir, seed)
 

@@ -24,6 +24,19 @@ reduction order. DARP's buffer is replicated and refined over the whole pool
 is sharded and the step is the single-device one, bit for bit. In a
 multi-process run (`npc_jax.distributed`) ``devices = 0`` is every device of
 every process: the same step, its batch sharded over all hosts' devices.
+
+The pool's layout (``TrainConfig.pool_layout``). "replicated" (default):
+every device holds the whole pool and the unlabeled batch is drawn from all
+of it, as above. "sharded": the pool's rows are split into D equal blocks,
+one per device of the mesh (`place_pool`: each process reads and transfers
+only its own devices' blocks, e.g. of a memory-mapped ``npy:`` dataset), and
+each device draws its B·μ / D unlabeled rows from its own block
+(`sample_pool`), as data loaders of large data sets do; the labeled images
+travel in `TrainData.labeled_images`. Every pool row is drawn with the same
+probability up to the last block's padding (that block may hold fewer real
+rows, which are then drawn more often by at most ceil(N/D) / its real rows).
+The draws differ from the replicated layout's, so the layout is part of a
+run's identity. With one device both layouts are the same computation.
 """
 from __future__ import annotations
 
@@ -41,7 +54,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from npc_jax.data import images_to_float
-from npc_jax.inference import device_mesh, local_mesh
+from npc_jax.inference import device_mesh, local_mesh, shard_map
 from npc_jax.models import Model
 from npc_jax.ssl import augment, darp, fixmatch, thresholds
 
@@ -55,6 +68,8 @@ __all__ = [
     "init_state",
     "make_optimizer",
     "make_train_data",
+    "place_pool",
+    "sample_pool",
     "recalibrate_batch_stats",
     "start_from",
     "supervised_step",
@@ -62,6 +77,9 @@ __all__ = [
     "train",
     "train_step",
 ]
+
+
+POOL_LAYOUTS = ("replicated", "sharded")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +114,9 @@ class TrainConfig:
       the raw weights, which on short schedules lag far behind).
     chunk_steps: steps between metric reads (progress/metrics granularity).
     eval_batch_size: batch of the (padded) evaluation forward passes.
+    pool_layout: "replicated" (every device holds the whole pool) or "sharded"
+      (each device holds one block of its rows and draws its unlabeled rows
+      from it: the module docstring); on one device they are the same.
     devices: local devices to train data-parallel over (`data_parallel_mesh`):
       0 = all of this process's devices (in a multi-process run,
       `npc_jax.distributed`: every device of every process), 1 = one device
@@ -128,6 +149,7 @@ class TrainConfig:
     recalibrate_batches: int = 8
     chunk_steps: int = 50
     eval_batch_size: int = 1000
+    pool_layout: str = "replicated"
     devices: int = 0
 
     def __post_init__(self):
@@ -144,6 +166,9 @@ class TrainConfig:
                              f"positive device count, got {self.devices!r}.")
         if self.devices > 1:
             _check_divides(self.batch_size, self.devices, self.devices)
+        if self.pool_layout not in POOL_LAYOUTS:
+            raise ValueError(f"TrainConfig.pool_layout must be one of {POOL_LAYOUTS}, got "
+                             f"{self.pool_layout!r}.")
         if self.weak_forward not in ("joint", "separate"):
             raise ValueError(f"TrainConfig.weak_forward must be 'joint' or 'separate', "
                              f"got {self.weak_forward!r}.")
@@ -230,10 +255,14 @@ def _replicated(tree, mesh: Mesh | None, *, traced: bool = False):
 
 
 class TrainData(NamedTuple):
-    """Device-resident inputs of a training; its shapes fix the compilation.
+    """Inputs of a training; its shapes fix the compilation.
 
     images: (N, H, W, C) uint8 or float32 in [0, 1], the whole pool (the
-      unlabeled set of FixMatch is the whole pool, as in the paper).
+      unlabeled set of FixMatch is the whole pool, as in the paper). A memory
+      map stays on the host until `train` places it (replicated, or in
+      `place_pool` blocks: (D·ceil(N/D), H, W, C)).
+    labeled_images: (L_cap, H, W, C) the labeled images, padded like
+      labeled_indices.
     labeled_indices: (L_cap,) int32 pool indices of the labeled set, padded.
     labeled_labels: (L_cap,) int32 their labels, padded.
     num_labeled: () int32, how many entries of the two above are real.
@@ -241,11 +270,17 @@ class TrainData(NamedTuple):
       the accuracy of accepted pseudo-labels (never by a loss); -1 if unknown.
     """
 
-    images: jax.Array
+    images: Any
+    labeled_images: jax.Array
     labeled_indices: jax.Array
     labeled_labels: jax.Array
     num_labeled: jax.Array
     diagnostic_labels: jax.Array
+
+    @property
+    def num_pool(self) -> int:
+        """N, the pool's real rows (`images` may carry padding rows)."""
+        return int(self.diagnostic_labels.shape[0])
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -268,7 +303,12 @@ class TrainState(flax.struct.PyTreeNode):
 
 def make_train_data(images, labeled_indices, labels_of_labeled, *, capacity=None,
                     diagnostic_labels=None) -> TrainData:
-    """Packs host arrays into a `TrainData`, padding the labeled set to `capacity`."""
+    """Packs host arrays into a `TrainData`, padding the labeled set to `capacity`.
+
+    A memory-mapped pool (`np.memmap`, e.g. an ``npy:`` dataset) stays on the
+    host, only its labeled rows read here, and `train` places it (whole, or
+    each process its own blocks with ``pool_layout="sharded"``); any other
+    array goes to the default device as a jax array."""
     labeled_indices = np.asarray(labeled_indices, np.int32)
     labels_of_labeled = np.asarray(labels_of_labeled, np.int32)
     num_labeled = len(labeled_indices)
@@ -282,8 +322,13 @@ def make_train_data(images, labeled_indices, labels_of_labeled, *, capacity=None
     pad = capacity - num_labeled
     if diagnostic_labels is None:
         diagnostic_labels = np.full(len(images), -1, np.int32)
+    order = np.argsort(labeled_indices, kind="stable")   # a memory map is read in order
+    labeled_rows = np.asarray(images[labeled_indices[order]])
+    labeled_images = np.zeros((capacity, *labeled_rows.shape[1:]), labeled_rows.dtype)
+    labeled_images[order] = labeled_rows
     return TrainData(
-        images=jnp.asarray(images),
+        images=images if isinstance(images, np.memmap) else jnp.asarray(images),
+        labeled_images=jnp.asarray(labeled_images),
         labeled_indices=jnp.asarray(np.pad(labeled_indices, (0, pad))),
         labeled_labels=jnp.asarray(np.pad(labels_of_labeled, (0, pad))),
         num_labeled=jnp.asarray(num_labeled, jnp.int32),
@@ -373,12 +418,96 @@ def init_state(model: Model, config: TrainConfig, key: jax.Array,
                     if config.threshold_mode == "freematch" else None))
 
 
+def _pool_sharded(config: TrainConfig) -> Mesh | None:
+    """The training mesh if `config` splits the pool over it (`pool_layout`), else None."""
+    return data_parallel_mesh(config) if config.pool_layout == "sharded" else None
+
+
+def _block_rows(num_pool: int, num_devices: int) -> int:
+    """Rows per device block of a sharded pool, ceil(N / D); every block needs a real row."""
+    rows = -(-num_pool // num_devices)
+    if num_pool - (num_devices - 1) * rows < 1:
+        raise ValueError(
+            f"A pool of {num_pool} rows cannot be split into {num_devices} blocks of "
+            f"ceil({num_pool}/{num_devices}) = {rows} rows with a real row in each; use "
+            "TrainConfig.pool_layout='replicated' for so small a pool, or fewer devices.")
+    return rows
+
+
+def place_pool(images, mesh: Mesh) -> jax.Array:
+    """The pool's rows in D equal blocks over `mesh`'s devices, zero rows padding the last.
+
+    Only the blocks of this process's devices are read (a memory-mapped pool is
+    read there and nowhere else) and transferred
+    (``jax.make_array_from_callback``).
+
+    Args:
+      images: (N, H, W, C) host array (numpy or memory map) of the pool.
+      mesh: the 1-D training mesh ``("batch",)`` of D devices.
+
+    Returns:
+      (D·ceil(N/D), H, W, C) jax.Array sharded ``P("batch")``.
+    """
+    num_pool, shape = len(images), tuple(np.shape(images)[1:])
+    rows = _block_rows(num_pool, mesh.devices.size)
+    dtype = np.asarray(images[:1]).dtype
+
+    def block(index):
+        start, stop = index[0].start or 0, index[0].stop
+        real = np.asarray(images[start:min(stop, num_pool)])
+        if len(real) == stop - start:
+            return real
+        return np.concatenate([real, np.zeros((stop - start - len(real), *shape), dtype)])
+
+    return jax.make_array_from_callback((rows * mesh.devices.size, *shape),
+                                        NamedSharding(mesh, PartitionSpec("batch")), block)
+
+
+def sample_pool(key: jax.Array, images: jax.Array, num_pool: int, count: int,
+                mesh: Mesh) -> tuple[jax.Array, jax.Array]:
+    """`count` pool rows, each device drawing count / D uniformly from its own block.
+
+    Args:
+      key: a PRNG key; device d draws with ``fold_in(key, d)``.
+      images: the pool from `place_pool` (D blocks of ceil(N/D) rows).
+      num_pool: N, the real rows (the last block's padding is never drawn).
+      count: rows to draw, a multiple of D.
+      mesh: the mesh `images` is sharded over.
+
+    Returns:
+      (count, H, W, C) rows and their (count,) int32 pool indices, both
+      sharded ``P("batch")`` (device d's draws are its contiguous rows).
+    """
+    num_devices = mesh.devices.size
+    rows = images.shape[0] // num_devices
+
+    def local(block, key):
+        device = jax.lax.axis_index("batch")
+        real = jnp.clip(num_pool - device * rows, 1, rows)
+        index = jax.random.randint(jax.random.fold_in(key, device), (count // num_devices,),
+                                   0, real)
+        return block[index], (index + device * rows).astype(jnp.int32)
+
+    return shard_map(local, mesh, in_specs=(PartitionSpec("batch"), PartitionSpec()),
+                     out_specs=(PartitionSpec("batch"), PartitionSpec("batch")))(images, key)
+
+
+def _sample_unlabeled(key, data: TrainData, config: TrainConfig):
+    """(B·μ, H, W, C) uint8/float pool rows and their (B·μ,) indices: from the whole
+    pool, or with a sharded pool from each device's block (`sample_pool`)."""
+    count = config.batch_size * config.mu
+    mesh = _pool_sharded(config)
+    if mesh is not None:
+        return sample_pool(key, data.images, data.num_pool, count, mesh)
+    index = jax.random.randint(key, (count,), 0, data.num_pool)
+    return data.images[index], index
+
+
 def _sample_labeled(key, data: TrainData, config: TrainConfig):
     """(B, H, W, C) float images and (B,) labels drawn from the labeled set, rows
     sharded over the training mesh."""
     position = jax.random.randint(key, (config.batch_size,), 0, data.num_labeled)
-    index = data.labeled_indices[position]
-    return (_shard_batch(images_to_float(data.images[index]), config),
+    return (_shard_batch(images_to_float(data.labeled_images[position]), config),
             _shard_batch(data.labeled_labels[position], config))
 
 
@@ -424,10 +553,10 @@ def fixmatch_step(state: TrainState, data: TrainData, key: jax.Array, *,
     """
     keys = dict(zip(("labeled", "unlabeled", "weak_l", "weak_u", "strong_u"),
                     jax.random.split(key, 5)))
-    batch_l, batch_u = config.batch_size, config.batch_size * config.mu
+    batch_l = config.batch_size
     x_l, y_l = _sample_labeled(keys["labeled"], data, config)
-    u_index = jax.random.randint(keys["unlabeled"], (batch_u,), 0, data.images.shape[0])
-    x_u = _shard_batch(images_to_float(data.images[u_index]), config)
+    x_u, u_index = _sample_unlabeled(keys["unlabeled"], data, config)
+    x_u = _shard_batch(images_to_float(x_u), config)
     weak_l = augment.weak_augment(keys["weak_l"], x_l, flip=config.flip)
     weak_u = augment.weak_augment(keys["weak_u"], x_u, flip=config.flip)
     strong_u = augment.strong_augment(keys["strong_u"], x_u, flip=config.flip)
@@ -475,7 +604,7 @@ def fixmatch_step(state: TrainState, data: TrainData, key: jax.Array, *,
     if new_darp is not None:
         new_darp = darp.darp_update(new_darp, u_index, weak_probs)
         refresh = darp_active & (state.step % config.darp_every == 0)
-        target = darp.uniform_target(data.images.shape[0], model.num_classes)
+        target = darp.uniform_target(data.num_pool, model.num_classes)
         new_darp = jax.lax.cond(
             refresh,
             lambda s: darp.darp_refresh(s, target, max_iters=config.darp_iters),
@@ -539,8 +668,16 @@ def train(model: Model, config: TrainConfig, data: TrainData, key: jax.Array, *,
     """
     mesh = data_parallel_mesh(config)   # raises early on a batch that does not divide
     init_key, steps_key, recalibrate_key = jax.random.split(key, 3)
-    state = init_state(model, config, init_key, data.images.shape[0], init_variables)
-    state, data = _replicated((state, data), mesh)
+    state = init_state(model, config, init_key, data.num_pool, init_variables)
+    pool_mesh = _pool_sharded(config)
+    if pool_mesh is not None:   # the pool in blocks; everything else replicated
+        images = place_pool(data.images, pool_mesh)
+        state, data = _replicated((state, data._replace(images=None)), mesh)
+        data = data._replace(images=images)
+    elif mesh is not None:
+        state, data = _replicated((state, data), mesh)
+    else:
+        data = jax.device_put(data)   # the pool on the device once, not per step
     history = []
     bar = None
     if progress:
@@ -572,11 +709,16 @@ def train(model: Model, config: TrainConfig, data: TrainData, key: jax.Array, *,
     if bar is not None:
         bar.close()
     if config.recalibrate_batches:
-        state = state.replace(ema_batch_stats=recalibrate_batch_stats(
-            model, {"params": state.ema_params, "batch_stats": state.batch_stats},
-            data.images, recalibrate_key,
-            num_batches=config.recalibrate_batches, batch_size=config.eval_batch_size,
-            mesh=mesh))
+        variables = {"params": state.ema_params, "batch_stats": state.batch_stats}
+        if pool_mesh is not None:
+            stats = _recalibrate_from_blocks(model, variables, data, recalibrate_key,
+                                             config=config, mesh=pool_mesh)
+        else:
+            stats = recalibrate_batch_stats(
+                model, variables, data.images, recalibrate_key,
+                num_batches=config.recalibrate_batches, batch_size=config.eval_batch_size,
+                mesh=mesh)
+        state = state.replace(ema_batch_stats=stats)
     if mesh is not None and mesh.devices.size < jax.local_device_count():
         state = _replicated(state, local_mesh())   # a sub-mesh: onto every device
     return state, history
@@ -601,6 +743,20 @@ def recalibrate_batch_stats(model: Model, variables, images, key: jax.Array, *,
              if sharded else (lambda x: x))
     stats = [_batch_statistics(model, variables, place(images[np.sort(order[i:i + size])]))
              for i in range(0, num - size + 1, size)]
+    return jax.tree_util.tree_map(lambda *xs: jnp.mean(jnp.stack(xs), axis=0), *stats)
+
+
+def _recalibrate_from_blocks(model: Model, variables, data: TrainData, key: jax.Array, *,
+                             config: TrainConfig, mesh: Mesh):
+    """`recalibrate_batch_stats` for a sharded pool: each batch drawn by `sample_pool`
+    (each device from its own block, with replacement), statistics of the whole batch."""
+    num_devices = mesh.devices.size
+    size = min(config.eval_batch_size, data.num_pool)
+    size = max(num_devices, size // num_devices * num_devices)
+    stats = []
+    for batch_key in jax.random.split(key, config.recalibrate_batches):
+        images, _ = sample_pool(batch_key, data.images, data.num_pool, size, mesh)
+        stats.append(_batch_statistics(model, variables, images))
     return jax.tree_util.tree_map(lambda *xs: jnp.mean(jnp.stack(xs), axis=0), *stats)
 
 

@@ -3,7 +3,9 @@
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multidevice.py train
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multidevice.py pool
 
-`train`: N steps of FixMatch-DARP and of supervised training on 1 device
+`sharded_pool`: a pool split into 8 device blocks (`train.place_pool`),
+per-device draws (`train.sample_pool`) and trainings with
+``pool_layout="sharded"`` on 1 and 8 devices. `train`: N steps of FixMatch-DARP and of supervised training on 1 device
 and on 8 (`TrainConfig.devices`), same key; prints the relative differences
 as one JSON line. `pool`: `batched_apply`, `min_eigenvalue(backend="device")`
 and the picks of NPC and margin on 1 device and on 8, and (`strategies`)
@@ -87,6 +89,57 @@ def train_check(seed: int = 0) -> dict:
         if one.darp is not None:
             result["darp"] = float(np.max(np.abs(_flat(one.darp) - _flat(eight.darp))))
         out[method] = result
+    return out
+
+
+def sharded_pool_check(seed: int = 0) -> dict:
+    """`pool_layout="sharded"` on 8 devices: the blocks, the draws, a training."""
+    from npc_jax import train
+    from npc_jax.models import get_model
+
+    n = 61   # 8 blocks of 8 rows, the last with 5 real rows and 3 of padding
+    images, labels = _toy_images(n, seed)
+    mesh = train.data_parallel_mesh(train.TrainConfig(batch_size=8, devices=8))
+    placed = train.place_pool(images, mesh)
+    shards = sorted(placed.addressable_shards, key=lambda s: s.index[0].start)
+    out = {"shape": list(placed.shape), "devices": len({s.device for s in shards}),
+           "blocks_hold_their_rows": all(
+               np.array_equal(np.asarray(s.data)[:max(0, min(n - 8 * d, 8))],
+                              images[8 * d:8 * d + 8]) for d, s in enumerate(shards)),
+           "padding_is_zero": bool(np.all(np.asarray(shards[-1].data)[5:] == 0))}
+    drawn, index = jax.jit(lambda k: train.sample_pool(k, placed, n, 64, mesh))(
+        jax.random.PRNGKey(seed))
+    drawn, index = np.asarray(drawn), np.asarray(index)
+    out["draws_match_rows"] = bool(np.array_equal(drawn, images[index]))
+    # device d's draws are rows 8d..8d+7 of the batch, and lie in its own block
+    out["draws_in_own_block"] = bool(np.all(index.reshape(8, 8) // 8 == np.arange(8)[:, None]))
+    out["max_index"] = int(index.max())
+    many = np.concatenate([np.asarray(train.sample_pool(jax.random.PRNGKey(k), placed, n, 64,
+                                                        mesh)[1]) for k in range(40)])
+    out["rows_drawn"] = int(len(np.unique(many)))
+
+    labeled = np.arange(16)
+    data = train.make_train_data(images, labeled, labels[labeled], diagnostic_labels=labels)
+    model = get_model("cnn", 2)
+    base = train.TrainConfig(steps=6, batch_size=16, mu=2, ema_decay=0.9, threshold=0.6,
+                             darp_warmup=0.5, darp_every=2, chunk_steps=3,
+                             recalibrate_batches=2, eval_batch_size=16)
+    key = jax.random.PRNGKey(seed)
+    runs = {}
+    for layout, devices in (("replicated", 1), ("sharded", 1), ("sharded", 8)):
+        config = dataclasses.replace(base, pool_layout=layout, devices=devices)
+        state, history = train.train(model, config, data, key)
+        runs[layout, devices] = (_flat(state.params), _flat(state.ema_batch_stats),
+                                 [h["loss"] for h in history], state)
+    (p1, s1, l1, _), (q1, t1, m1, _) = runs["replicated", 1], runs["sharded", 1]
+    out["one_device_same"] = bool(np.array_equal(p1, q1) and np.array_equal(s1, t1)
+                                  and l1 == m1)
+    p8, s8, l8, state8 = runs["sharded", 8]
+    out["eight_finite"] = bool(np.all(np.isfinite(p8)) and np.all(np.isfinite(s8))
+                               and np.all(np.isfinite(l8)))
+    out["eight_replicated"] = all(x.sharding.is_fully_replicated
+                                  for x in jax.tree_util.tree_leaves(state8.params))
+    out["eight_differs"] = bool(not np.array_equal(p1, p8))   # other draws
     return out
 
 
@@ -211,5 +264,6 @@ def bench(n: int, seed: int = 0) -> dict:
 if __name__ == "__main__":
     what, number = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0
     checks = {"train": train_check, "pool": pool_check, "strategies": strategies_check,
+              "sharded_pool": sharded_pool_check,
               "bench": bench}
     print(json.dumps(checks[what](number)))

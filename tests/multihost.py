@@ -12,7 +12,11 @@ rest): `batched_apply` (logits, features) and `min_eigenvalue(backend="device")`
 over the pool, the picks of NPC and margin from one key with fixed weights,
 the 4 training steps of the run's `TrainConfig` (``MULTIHOST_MODE``: asl =
 supervised, the test's; assl = FixMatch-DARP, the default) over every device
-of every process (``devices = 0``) and, with a WORKDIR, the records of a `loop.run` plus every write
+of every process (``devices = 0``), the same training with the pool split
+into per-device blocks (``pool_layout="sharded"``) read from a memory-mapped
+copy of the data (``DATA_npy/``, `npc_jax.data.save_npy_dataset`, when it
+exists) with the pool rows this process read, and, with a WORKDIR (from that
+copy with the sharded layout, when it exists), the records of a `loop.run` plus every write
 this process made under WORKDIR (an audit hook: opens for writing, renames,
 removals, mkdirs). Not collected by pytest (no test_ prefix).
 """
@@ -23,6 +27,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -52,6 +58,43 @@ def _audit_writes(root: Path) -> list:
 
     sys.addaudithook(hook)
     return seen
+
+
+class _RowsRead:
+    """Mixed into a view of a memory map: records the rows each indexing reads."""
+
+    def __getitem__(self, index):
+        rows = index[0] if isinstance(index, tuple) else index
+        if isinstance(rows, slice):
+            self.reads.update(range(*rows.indices(len(self))))
+        elif not isinstance(rows, type(Ellipsis)):
+            self.reads.update(int(i) for i in np.ravel(rows))
+        return np.asarray(super().__getitem__(index))
+
+
+def sharded_training(npy_dir: Path, settings, model, arrays: dict, info: dict) -> None:
+    """The run's training with the pool in per-device blocks (pool_layout="sharded") from
+    a memory-mapped npy: dataset: its weights, and which pool rows this process read."""
+    import dataclasses
+
+    import jax
+
+    from npc_jax import train
+    from npc_jax.data import load_dataset
+
+    data = load_dataset(f"npy:{npy_dir}")
+    images = data.x_train.view(type("Recorded", (_RowsRead, np.memmap), {}))
+    images.reads = set()
+    labeled = np.arange(8)
+    config = dataclasses.replace(settings.train, pool_layout="sharded")
+    state, history = train.train(model, config, train.make_train_data(
+        images, labeled, data.y_train[labeled], capacity=settings.final_num_labels,
+        diagnostic_labels=data.y_train), jax.random.PRNGKey(2))
+    arrays["sharded_params"] = np.concatenate(
+        [np.ravel(x) for x in jax.tree_util.tree_leaves(jax.device_get(state.params))])
+    info["sharded"] = {"memory_mapped": isinstance(data.x_train, np.memmap),
+                       "rows_read": sorted(images.reads), "num_pool": len(images),
+                       "losses": [h["loss"] for h in history]}
 
 
 def main(data_path: str, out_dir: str, workdir: str | None = None) -> None:
@@ -117,9 +160,16 @@ def main(data_path: str, out_dir: str, workdir: str | None = None) -> None:
         jax.random.PRNGKey(2), 3)[0]))["params"])
     info["losses"] = [h["loss"] for h in history]
     mark("train")
+    npy_dir = Path(data_path).with_name(Path(data_path).stem + "_npy")
+    if npy_dir.is_dir():
+        sharded_training(npy_dir, settings, model, arrays, info)
+        mark("sharded")
     info["seconds"] = seconds
 
     if workdir:   # the whole run: every process runs it, process 0 alone writes
+        if npy_dir.is_dir():   # each process holding only its block of the pool
+            cfg.dataset = f"npy:{npy_dir}"
+            cfg.train.pool_layout = "sharded"
         writes = _audit_writes(Path(workdir))
         start = time.perf_counter()
         run_records = loop.run(cfg, workdir, progress=False, on_record=lambda r: None)

@@ -167,8 +167,9 @@ def test_pretrain_config_smoke(tmp_path):
 
 def test_the_committed_l1_records_keep_their_config_hash_and_devices_is_not_hashed():
     """The L1 records (records/l1) resume under today's fmnist_assl.py: fields added
-    since (first_query_size, continue_with, cold_start_network, train.devices) stay
-    out of the hash at their defaults, and the device count never enters it."""
+    since (first_query_size, continue_with, cold_start_network, train.devices,
+    train.pool_layout) stay out of the hash at their defaults, and the device count
+    never enters it."""
     import json
 
     from npc_jax.config import RunSettings
@@ -180,3 +181,7 @@ def test_the_committed_l1_records_keep_their_config_hash_and_devices_is_not_hash
         assert RunSettings.from_config(config).config_hash == recorded
         config.train.devices = 8
         assert RunSettings.from_config(config).config_hash == recorded
+        config.train.pool_layout = "replicated"   # the default: out of the hash
+        assert RunSettings.from_config(config).config_hash == recorded
+        config.train.pool_layout = "sharded"      # other draws: another run
+        assert RunSettings.from_config(config).config_hash != recorded

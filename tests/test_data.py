@@ -458,3 +458,93 @@ def test_pool_scales_to_a_million_samples():
     assert not pool.labeled_mask[unlabeled].any()
     np.testing.assert_array_equal(np.sort(np.concatenate([unlabeled, pool.labeled_indices])),
                                   np.arange(n))
+
+
+# --------------------------------------------------------------------------- #
+# npy: memory-mapped folders
+# --------------------------------------------------------------------------- #
+
+
+def _npy_arrays(n=40, n_test=12, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (n, 6, 5), dtype=np.uint8), np.arange(n) % classes,
+            rng.integers(0, 256, (n_test, 6, 5), dtype=np.uint8), np.arange(n_test) % classes)
+
+
+def test_npy_folder_is_memory_mapped_and_fingerprinted_as_in_memory(tmp_path):
+    from npc_jax.data import save_npy_dataset
+    x, y, x_test, y_test = _npy_arrays()
+    save_npy_dataset(tmp_path / "pool", x, y, x_test, y_test)
+    data = load_dataset(f"npy:{tmp_path / 'pool'}")
+    assert isinstance(data.x_train, np.memmap) and isinstance(data.x_test, np.memmap)
+    assert data.x_train.shape == (40, 6, 5, 1) and data.num_classes == 4
+    np.testing.assert_array_equal(data.x_train[..., 0], x)
+    np.testing.assert_array_equal(data.y_test, y_test)
+    # the manifest's fingerprint is the one the arrays in memory get
+    in_memory = Dataset("same", *validate_arrays(x, y), *validate_arrays(x_test, y_test), 4)
+    assert data.fingerprint() == in_memory.fingerprint()
+    other = Dataset("other", *validate_arrays(x[::-1], y), *validate_arrays(x_test, y_test), 4)
+    assert data.fingerprint() != other.fingerprint()
+
+
+def test_npy_folder_changed_after_its_manifest_is_refused_until_rewritten(tmp_path):
+    from npc_jax.data import save_npy_dataset, write_npy_manifest
+    x, y, x_test, y_test = _npy_arrays()
+    folder = save_npy_dataset(tmp_path / "pool", x, y, x_test, y_test)
+    before = load_dataset(f"npy:{folder}").fingerprint()
+    np.save(folder / "x.npy", x[::-1, :, :, None])   # same size, other content
+    with pytest.raises(DataError, match=r"x\.npy .* changed since manifest\.json"):
+        load_dataset(f"npy:{folder}")
+    write_npy_manifest(folder)
+    assert load_dataset(f"npy:{folder}").fingerprint() != before
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: (d / "manifest.json").unlink(), r"no manifest\.json .*write_npy_manifest"),
+    (lambda d: (d / "x_test.npy").unlink(), r"lacks x_test\.npy"),
+    (lambda d: (d / "manifest.json").write_text("{"), "not a readable manifest"),
+])
+def test_npy_folder_problems_name_the_fix(tmp_path, change, message):
+    from npc_jax.data import save_npy_dataset
+    folder = save_npy_dataset(tmp_path / "pool", *_npy_arrays())
+    change(folder)
+    with pytest.raises(DataError, match=message):
+        load_dataset(f"npy:{folder}")
+    with pytest.raises(DataError, match="not found"):
+        load_dataset(f"npy:{tmp_path / 'nowhere'}")
+
+
+def test_npy_folder_refuses_float_images_and_bad_labels(tmp_path):
+    from npc_jax.data import write_npy_manifest
+    x, y, x_test, y_test = _npy_arrays()
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for stem, array in (("x", x[..., None] / 255.0), ("y", y), ("x_test", x_test[..., None]),
+                        ("y_test", y_test)):
+        np.save(folder / f"{stem}.npy", array)
+    with pytest.raises(DataError, match=r"float64 .* uint8 images"):
+        write_npy_manifest(folder)
+    np.save(folder / "x.npy", x[..., None])
+    with pytest.raises(DataError, match="num_classes is 3"):
+        write_npy_manifest(folder, num_classes=3)
+    np.save(folder / "y.npy", np.where(y == 2, 1, y))   # class 2 has no pool example
+    with pytest.raises(DataError, match=r"class\(es\) \[2\] have no training example"):
+        write_npy_manifest(folder)
+
+
+def test_a_memory_mapped_pool_stays_on_the_host_until_training_places_it(tmp_path):
+    import jax
+
+    from npc_jax import train
+    from npc_jax.data import save_npy_dataset
+    x, y, x_test, y_test = _npy_arrays(n=40, classes=2)
+    data = load_dataset(f"npy:{save_npy_dataset(tmp_path / 'pool', x, y, x_test, y_test)}")
+    labeled = np.array([5, 0, 3])
+    packed = train.make_train_data(data.x_train, labeled, data.y_train[labeled], capacity=4)
+    assert isinstance(packed.images, np.memmap)
+    np.testing.assert_array_equal(np.asarray(packed.labeled_images[:3]), x[labeled][..., None])
+    in_memory = train.make_train_data(np.array(data.x_train), labeled, data.y_train[labeled],
+                                      capacity=4)
+    assert isinstance(in_memory.images, jax.Array)
+    np.testing.assert_array_equal(np.asarray(in_memory.labeled_images),
+                                  np.asarray(packed.labeled_images))

@@ -66,6 +66,16 @@ def test_training_on_8_devices_agrees_with_1_device():
     assert result["fixmatch"]["darp"] < 1e-3
 
 
+def test_sharded_pool_blocks_draws_and_training_on_8_devices():
+    r = _run("sharded_pool", 8)
+    assert r["shape"] == [64, 28, 28, 1] and r["devices"] == 8, r
+    assert r["blocks_hold_their_rows"] and r["padding_is_zero"], r
+    assert r["draws_match_rows"] and r["draws_in_own_block"], r
+    assert r["max_index"] < 61 and r["rows_drawn"] == 61, r   # every real row, no padding
+    assert r["one_device_same"], r      # on one device the layouts are one computation
+    assert r["eight_finite"] and r["eight_replicated"] and r["eight_differs"], r
+
+
 def test_pool_work_on_8_devices_matches_1_device():
     eight, one = _run("pool", 8), _run("pool", 1)
     assert eight["num_devices"] == 8 and one["num_devices"] == 1

@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from npc_jax import distributed, records
+from npc_jax.data import save_npy_dataset
 
 import toy_config
 
@@ -60,6 +61,9 @@ def runs(tmp_path_factory):
     """{"multi": [process 0, process 1], "single": reference}: (json info, npz arrays)."""
     root = tmp_path_factory.mktemp("multihost")
     data = toy_config.write_bar_dataset(root / "toy.npz")
+    with np.load(data) as arrays:   # the same data as a memory-mapped npy: folder
+        save_npy_dataset(root / "toy_npy", arrays["x"], arrays["y"], arrays["x_test"],
+                         arrays["y_test"])
     (root / "multi").mkdir()
     (root / "single").mkdir()
     port = _free_port()
@@ -105,6 +109,28 @@ def test_two_processes_compute_what_one_process_does(runs):
             single["picks"][name]["indices"], name
     assert info0["picks"]["npc"]["objective"]["lambda_min"] == pytest.approx(
         single["picks"]["npc"]["objective"]["lambda_min"], rel=1e-5)
+
+
+def test_each_process_reads_only_its_block_of_a_sharded_pool(runs):
+    """pool_layout="sharded" from an npy: folder: process p reads the rows of its
+    devices' block (and the labeled rows, 0..7), trains as one process does."""
+    (info0, arrays0), (info1, arrays1) = runs["multi"]
+    single, reference = runs["single"]
+    n = info0["sharded"]["num_pool"]
+    half = -(-n // 2)   # 2 processes with as many devices each: 2 equal blocks of rows
+    labeled = set(range(8))
+    for process, info in enumerate((info0, info1)):
+        assert info["sharded"]["memory_mapped"]
+        block = set(range(process * half, min(n, (process + 1) * half)))
+        read = set(info["sharded"]["rows_read"])
+        assert block <= read and read <= block | labeled, (process, sorted(read - block))
+    assert len(set(single["sharded"]["rows_read"])) == n   # one process reads them all
+    change = np.linalg.norm(reference["sharded_params"] - reference["init"])
+    for arrays in (arrays0, arrays1):   # the same draws from the same blocks
+        assert np.linalg.norm(arrays["sharded_params"] - reference["sharded_params"]) \
+            <= 1e-4 * change
+    np.testing.assert_allclose(info0["sharded"]["losses"], single["sharded"]["losses"],
+                               rtol=1e-5)
 
 
 def test_only_process_0_writes_the_run(runs):

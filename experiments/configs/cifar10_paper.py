@@ -71,6 +71,7 @@ def get_config():
     config.train.supervised_warmup = 0.0
     config.train.chunk_steps = 1024
     config.train.devices = 0            # data-parallel over this many local devices (0: all); not hashed
+    config.train.pool_layout = "replicated"   # "sharded": each device a block of the pool
     config.train.eval_batch_size = 1000
 
     config.strategy_options = ml_collections.ConfigDict()

@@ -66,6 +66,7 @@ def get_config(arg: str = "assl"):
     config.train.supervised_warmup = 0.3
     config.train.chunk_steps = 50
     config.train.devices = 0            # data-parallel over this many local devices (0: all); not hashed
+    config.train.pool_layout = "replicated"   # "sharded": each device a block of the pool
 
     config.strategy_options = ml_collections.ConfigDict()
     config.strategy_options.npc = ml_collections.ConfigDict({"num_candidates": 1000})
