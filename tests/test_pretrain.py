@@ -1,5 +1,6 @@
 """Self-supervised pretraining: the losses by hand, a falling loss, the cache, resume."""
 import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -110,7 +111,7 @@ def test_the_cache_key_changes_with_each_field_that_matters_and_only_those(toy):
     changes = {"method": "simsiam", "steps": 61, "batch_size": 16, "lr": 1e-3,
                "weight_decay": 0.0, "warmup_steps": 6, "temperature": 0.5,
                "projection_dim": 8, "hidden_dim": 64, "crop_scale": (0.3, 1.0), "flip": False,
-               "jitter": 0.2}
+               "jitter": 0.2, "randaugment_ops": 1, "randaugment_probability": 0.25}
     assert set(changes) == {f.name for f in dataclasses.fields(TINY)}
     keys = {base}
     for field, value in changes.items():
@@ -125,6 +126,12 @@ def test_the_cache_key_changes_with_each_field_that_matters_and_only_those(toy):
     # Equal recipes written differently give the same key.
     same = dataclasses.replace(TINY, crop_scale=[0.2, 1])
     assert pretraining.cache_key(fingerprint, model, same, 0) == base
+    # Fields added later leave the keys of recipes without them as they were.
+    legacy = {k: v for k, v in dataclasses.asdict(TINY).items()
+              if k not in ("randaugment_ops", "randaugment_probability")}
+    assert base == hashlib.sha256(json.dumps(
+        {"dataset_fingerprint": fingerprint, "model": pretraining._model_identity(model),
+         "config": legacy, "seed": 0}, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def test_checkpoints_of_other_data_or_networks_are_refused(toy, tmp_path):

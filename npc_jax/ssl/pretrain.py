@@ -63,6 +63,8 @@ class PretrainConfig:
       (simsiam's predictor has hidden_dim // 4 units).
     crop_scale: area range of the random resized crops; flip: mirror views.
     jitter: brightness/contrast jitter strength (applied with probability 0.8).
+    randaugment_ops, randaugment_probability: each view then gets that many
+      RandAugment ops with that probability (`augment.contrastive_view`; 0: none).
     """
 
     method: str = "simclr"
@@ -77,6 +79,8 @@ class PretrainConfig:
     crop_scale: tuple[float, float] = (0.2, 1.0)
     flip: bool = True
     jitter: float = 0.4
+    randaugment_ops: int = 0
+    randaugment_probability: float = 0.5
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -95,6 +99,11 @@ class PretrainConfig:
             raise ValueError(f"PretrainConfig.crop_scale must satisfy 0 < low <= high <= 1, "
                              f"got {self.crop_scale}.")
         object.__setattr__(self, "crop_scale", (float(low), float(high)))
+        if int(self.randaugment_ops) != self.randaugment_ops or self.randaugment_ops < 0 \
+                or not 0 <= self.randaugment_probability <= 1:
+            raise ValueError("PretrainConfig.randaugment_ops must be an integer >= 0 and "
+                             "randaugment_probability in [0, 1]; got "
+                             f"{self.randaugment_ops!r}, {self.randaugment_probability!r}.")
 
 
 class _Head(nn.Module):
@@ -208,7 +217,9 @@ def pretrain_step(state: PretrainState, images: jax.Array, key: jax.Array, *,
     index = jax.random.randint(draw_key, (config.batch_size,), 0, images.shape[0])
     x = images_to_float(images[index])
     view = functools.partial(augment.contrastive_view, scale=config.crop_scale,
-                             flip=config.flip, jitter=config.jitter)
+                             flip=config.flip, jitter=config.jitter,
+                             randaugment_ops=config.randaugment_ops,
+                             randaugment_probability=config.randaugment_probability)
     views = jnp.concatenate([view(view1_key, x), view(view2_key, x)])
     head = _head(config)
 
