@@ -262,7 +262,7 @@ def test_every_committed_record_loads_and_keeps_its_values(path):
 def test_committed_records_exist():
     names = {str(p.relative_to(ROOT)) for p in COMMITTED}
     assert {"records/l1/assl.jsonl", "records/l1/asl.jsonl",
-            "records/l1_passive/assl.jsonl", "records/l2/assl.jsonl"} <= names
+            "records/l1_passive/assl.jsonl", "records/l2_v1/assl.jsonl"} <= names
 
 
 def test_a_misspelt_field_is_refused_naming_it():
