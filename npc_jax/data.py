@@ -165,7 +165,8 @@ def _content_fingerprint(num_classes: int, arrays) -> str:
         row_bytes = max(1, array[:1].nbytes)
         step = max(1, _HASH_CHUNK_BYTES // row_bytes)
         for start in range(0, len(array), step):
-            digest.update(np.ascontiguousarray(array[start:start + step]).reshape(-1).view(np.uint8))
+            rows = np.ascontiguousarray(array[start:start + step])
+            digest.update(rows.reshape(-1).view(np.uint8))
     return digest.hexdigest()[:16]
 
 
@@ -554,7 +555,8 @@ def _open_npy_arrays(directory: Path) -> dict:
     if missing:
         raise DataError(f"npy folder {str(directory)!r} lacks {', '.join(missing)}; it needs "
                         "x.npy (N,H,W,C) uint8, y.npy (N,), x_test.npy and y_test.npy (a "
-                        f"memory-mapped pool is not split into a test set here): {_npy_fix(directory)}.")
+                        "memory-mapped pool is not split into a test set here): "
+                        f"{_npy_fix(directory)}.")
     arrays = {}
     for stem in _NPY_ARRAYS:
         path = directory / f"{stem}.npy"
@@ -562,7 +564,8 @@ def _open_npy_arrays(directory: Path) -> dict:
             arrays[stem] = np.load(path, mmap_mode="r" if stem.startswith("x") else None,
                                    allow_pickle=False)
         except (OSError, ValueError, EOFError) as err:
-            raise DataError(f"Could not read {path} as .npy ({err}); {_npy_fix(directory)}.") from err
+            raise DataError(f"Could not read {path} as .npy ({err}); "
+                            f"{_npy_fix(directory)}.") from err
     for stem in ("x", "x_test"):
         x = arrays[stem]
         if x.ndim != 4 or x.dtype != np.uint8 or len(x) == 0:

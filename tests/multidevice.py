@@ -5,7 +5,8 @@
 
 `sharded_pool`: a pool split into 8 device blocks (`train.place_pool`),
 per-device draws (`train.sample_pool`) and trainings with
-``pool_layout="sharded"`` on 1 and 8 devices. `train`: N steps of FixMatch-DARP and of supervised training on 1 device
+``pool_layout="sharded"`` on 1 and 8 devices.
+`train`: N steps of FixMatch-DARP and of supervised training on 1 device
 and on 8 (`TrainConfig.devices`), same key; prints the relative differences
 as one JSON line. `pool`: `batched_apply`, `min_eigenvalue(backend="device")`
 and the picks of NPC and margin on 1 device and on 8, and (`strategies`)
