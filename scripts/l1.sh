@@ -5,6 +5,7 @@
 #
 #   bash scripts/l1.sh                                  # everything, 5 seeds (~9 h on 2 cores)
 #   STRATEGIES=npc,passive SEEDS=0 bash scripts/l1.sh   # a subset
+#   STRATEGIES=npc_full ASL_STRATEGIES= bash scripts/l1.sh   # ASSL only
 #   FROM=records/l1 bash scripts/l1.sh                  # continue the committed records
 #
 # WORKDIR/{assl,asl}/results.jsonl hold the records, WORKDIR/report the tables and
@@ -16,7 +17,7 @@ PY=${PY:-.venv/bin/python}
 WORKDIR=${WORKDIR:-runs/l1}
 SEEDS=${SEEDS:-0,1,2,3,4}
 STRATEGIES=${STRATEGIES:-passive,npc,margin,badge,albl,coreset,entropy,least_confidence,npc_probs,npc_search,npc_full,npc_norm}
-ASL_STRATEGIES=${ASL_STRATEGIES:-passive,npc}
+ASL_STRATEGIES=${ASL_STRATEGIES-passive,npc}   # set and empty: no ASL part
 CONFIG=experiments/configs/fmnist_assl.py
 for mode in assl asl; do
   mkdir -p "$WORKDIR/$mode"
