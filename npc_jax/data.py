@@ -581,9 +581,16 @@ def _open_npy_arrays(directory: Path) -> dict:
     return arrays
 
 
+def _npy_labels(directory: Path, arrays: dict, num_classes: int | None):
+    """(y, y_test) of `_open_npy_arrays`' folder, validated (below `num_classes` if given)."""
+    return tuple(_validate_labels(arrays[stem], num_samples=len(arrays["x" + stem[1:]]),
+                                  num_classes=num_classes, name=str(directory / f"{stem}.npy"))
+                 for stem in ("y", "y_test"))
+
+
 def _file_stamps(directory: Path) -> dict:
-    return {stem: [(directory / f"{stem}.npy").stat().st_size,
-                   (directory / f"{stem}.npy").stat().st_mtime_ns] for stem in _NPY_ARRAYS}
+    stats = {stem: (directory / f"{stem}.npy").stat() for stem in _NPY_ARRAYS}
+    return {stem: [stat.st_size, stat.st_mtime_ns] for stem, stat in stats.items()}
 
 
 def write_npy_manifest(directory: str | os.PathLike, *, num_classes: int | None = None) -> dict:
@@ -609,10 +616,7 @@ def write_npy_manifest(directory: str | os.PathLike, *, num_classes: int | None 
     """
     directory = Path(directory)
     arrays = _open_npy_arrays(directory)
-    y = _validate_labels(arrays["y"], num_samples=len(arrays["x"]), num_classes=num_classes,
-                         name=str(directory / "y.npy"))
-    y_test = _validate_labels(arrays["y_test"], num_samples=len(arrays["x_test"]),
-                              num_classes=num_classes, name=str(directory / "y_test.npy"))
+    y, y_test = _npy_labels(directory, arrays, num_classes)
     num_classes = int(num_classes or max(y.max(), y_test.max()) + 1)
     _require_all_classes(y, num_classes, source=str(directory / "y.npy"))
     manifest = {"format": 1, "num_classes": num_classes, "files": _file_stamps(directory),
@@ -670,10 +674,7 @@ def _load_npy(name: str, path_text: str) -> Dataset:
                         "written (size or modification time), so its fingerprint may no longer "
                         "be the data's; write it again with npc_jax.data.write_npy_manifest("
                         f"{str(directory)!r}).")
-    y = _validate_labels(arrays["y"], num_samples=len(arrays["x"]), num_classes=num_classes,
-                         name=str(directory / "y.npy"))
-    y_test = _validate_labels(arrays["y_test"], num_samples=len(arrays["x_test"]),
-                              num_classes=num_classes, name=str(directory / "y_test.npy"))
+    y, y_test = _npy_labels(directory, arrays, num_classes)
     dataset = Dataset(name, arrays["x"], y, arrays["x_test"], y_test, num_classes,
                       {"source": str(directory), "test_split": "given", "memory_mapped": True})
     object.__setattr__(dataset, "_fingerprint", fingerprint)

@@ -463,6 +463,7 @@ def place_pool(images, mesh: Mesh) -> jax.Array:
                                         NamedSharding(mesh, PartitionSpec("batch")), block)
 
 
+@functools.partial(jax.jit, static_argnames=("num_pool", "count", "mesh"))
 def sample_pool(key: jax.Array, images: jax.Array, num_pool: int, count: int,
                 mesh: Mesh) -> tuple[jax.Array, jax.Array]:
     """`count` pool rows, each device drawing count / D uniformly from its own block.
@@ -476,7 +477,8 @@ def sample_pool(key: jax.Array, images: jax.Array, num_pool: int, count: int,
 
     Returns:
       (count, H, W, C) rows and their (count,) int32 pool indices, both
-      sharded ``P("batch")`` (device d's draws are its contiguous rows).
+      sharded ``P("batch")`` (device d's draws are its contiguous rows). Jitted,
+      so the recalibration's batches compile it once.
     """
     num_devices = mesh.devices.size
     rows = images.shape[0] // num_devices
@@ -743,7 +745,7 @@ def recalibrate_batch_stats(model: Model, variables, images, key: jax.Array, *,
              if sharded else (lambda x: x))
     stats = [_batch_statistics(model, variables, place(images[np.sort(order[i:i + size])]))
              for i in range(0, num - size + 1, size)]
-    return jax.tree_util.tree_map(lambda *xs: jnp.mean(jnp.stack(xs), axis=0), *stats)
+    return _mean_of_trees(stats)
 
 
 def _recalibrate_from_blocks(model: Model, variables, data: TrainData, key: jax.Array, *,
@@ -757,7 +759,12 @@ def _recalibrate_from_blocks(model: Model, variables, data: TrainData, key: jax.
     for batch_key in jax.random.split(key, config.recalibrate_batches):
         images, _ = sample_pool(batch_key, data.images, data.num_pool, size, mesh)
         stats.append(_batch_statistics(model, variables, images))
-    return jax.tree_util.tree_map(lambda *xs: jnp.mean(jnp.stack(xs), axis=0), *stats)
+    return _mean_of_trees(stats)
+
+
+def _mean_of_trees(trees):
+    """The leafwise mean of a list of like pytrees (per-batch BatchNorm statistics)."""
+    return jax.tree_util.tree_map(lambda *xs: jnp.mean(jnp.stack(xs), axis=0), *trees)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
