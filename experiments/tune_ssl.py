@@ -57,6 +57,9 @@ VARIANTS = {
     "l2_t95": {"train.threshold": 0.95},
     "l2_s1600": {"train_steps": 1600},
     "l2_s1600_asl": {"mode": "asl", "train_steps": 1600},
+    # Label propagation over the pretrained embedding as the unlabeled targets.
+    "l2_propagated": {"train.pseudo_labels": "propagated"},
+    "l2_product": {"train.pseudo_labels": "product"},
 }
 BASES = {"fmnist_assl": fmnist_assl, "fmnist_pretrained": fmnist_pretrained}
 

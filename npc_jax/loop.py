@@ -60,6 +60,7 @@ from npc_jax.config import RunSettings, config_difference
 from npc_jax.data import DataError, Dataset, Pool, carve_validation, initial_pool, load_dataset
 from npc_jax.models import Model, get_model
 from npc_jax.strategies.base import AcquisitionContext, StatefulStrategy, Strategy
+from npc_jax.ssl import propagation
 
 __all__ = ["RESULTS_FILE", "Experiment", "RoundKeys", "RunSettings", "describe_record",
            "initial_model", "prepare", "records_file", "run", "run_round", "train_and_evaluate"]
@@ -102,6 +103,9 @@ class Experiment:
       embedding: () -> (N, d) the pool embedded by the pretrained encoder,
         computed on first call and kept (None: no pretraining), for the
         embedding-based strategies.
+      neighbour_graph: () -> the kNN graph of that embedding
+        (`npc_jax.ssl.propagation`), built on first call and kept, for
+        propagated pseudo-labels (None: no pretraining).
     """
 
     settings: RunSettings
@@ -115,6 +119,7 @@ class Experiment:
     pretraining: dict | None = None
     progress: bool = False
     embedding: Callable[[], np.ndarray] | None = None
+    neighbour_graph: Callable[[], propagation.NeighbourGraph] | None = None
 
 
 def prepare(settings: RunSettings, dataset: Dataset, labeller, *,
@@ -140,7 +145,7 @@ def prepare(settings: RunSettings, dataset: Dataset, labeller, *,
         # (human mode refuses validation_size: a person's labels are never carved).
         labeller = labelling.TrueLabels(dataset.y_train, dataset.num_classes)
     test = (dataset.x_test, dataset.y_test) if len(dataset.y_test) else None
-    embedding = None
+    embedding, neighbour_graph = None, None
     if init_variables is not None:
         pool_images = dataset.x_train
 
@@ -148,8 +153,16 @@ def prepare(settings: RunSettings, dataset: Dataset, labeller, *,
         def embedding() -> np.ndarray:   # one pass of the encoder, on a strategy's first ask
             return representation.embed(model, init_variables, pool_images,
                                         batch_size=settings.train.eval_batch_size)
+
+        @functools.cache
+        def neighbour_graph() -> propagation.NeighbourGraph:   # label-free: once per run
+            return propagation.knn_graph(embedding(), settings.train.propagation_neighbours)
+    elif settings.mode == "assl" and settings.train.pseudo_labels != "model":
+        raise ValueError(f"config.train.pseudo_labels={settings.train.pseudo_labels!r} "
+                         "propagates labels over the pretrained embedding; set "
+                         "config.init='pretrained' (or pseudo_labels='model').")
     return Experiment(settings, model, dataset, labeller, test, validation, fingerprint,
-                      init_variables, pretraining, progress, embedding)
+                      init_variables, pretraining, progress, embedding, neighbour_graph)
 
 
 # -- training -------------------------------------------------------------------------
@@ -176,9 +189,16 @@ def train_and_evaluate(exp: Experiment, pool: Pool, key: jax.Array, description:
     """
     labeled = pool.labeled_indices
     diagnostic_labels = exp.labeller.diagnostic_labels
+    config = exp.settings.train
+    propagated = None
+    if config.method == "fixmatch" and config.pseudo_labels != "model":
+        propagated = propagation.propagate(
+            exp.neighbour_graph(), labeled, exp.labeller.labels[labeled],
+            exp.data.num_classes, alpha=config.propagation_alpha)
     data = train.make_train_data(
         exp.data.x_train, labeled, exp.labeller.labels[labeled],
-        capacity=exp.settings.final_num_labels, diagnostic_labels=diagnostic_labels)
+        capacity=exp.settings.final_num_labels, diagnostic_labels=diagnostic_labels,
+        propagated=propagated)
     state, history, seconds = train.timed_train(
         exp.model, exp.settings.train, data, key, progress=exp.progress,
         description=description, init_variables=exp.init_variables)

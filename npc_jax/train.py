@@ -80,6 +80,7 @@ __all__ = [
 
 
 POOL_LAYOUTS = ("replicated", "sharded")
+PSEUDO_LABEL_SOURCES = ("model", "propagated", "product")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +115,15 @@ class TrainConfig:
       the raw weights, which on short schedules lag far behind).
     chunk_steps: steps between metric reads (progress/metrics granularity).
     eval_batch_size: batch of the (padded) evaluation forward passes.
+    pseudo_labels: where the unlabeled loss's targets come from: "model"
+      (FixMatch: the weak view's prediction, refined by DARP, thresholded at
+      τ); "propagated" (the label propagation over the pretrained embedding
+      in `TrainData.propagated`, each sample weighted by its certainty
+      1 − H/log C, as Iscen et al. 2019; no weak pass, threshold or DARP);
+      "product" (the weak prediction times the propagated distribution,
+      renormalised, then DARP and τ as in FixMatch).
+    propagation_neighbours, propagation_alpha: the kNN graph's k and the
+      propagation's α (`npc_jax.ssl.propagation`) when `pseudo_labels` uses it.
     pool_layout: "replicated" (every device holds the whole pool) or "sharded"
       (each device holds one block of its rows and draws its unlabeled rows
       from it: the module docstring); on one device they are the same.
@@ -149,6 +159,9 @@ class TrainConfig:
     recalibrate_batches: int = 8
     chunk_steps: int = 50
     eval_batch_size: int = 1000
+    pseudo_labels: str = "model"
+    propagation_neighbours: int = 10
+    propagation_alpha: float = 0.99
     pool_layout: str = "replicated"
     devices: int = 0
 
@@ -157,7 +170,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.method must be 'fixmatch' or 'supervised', "
                              f"got {self.method!r}.")
         for name in ("steps", "batch_size", "mu", "chunk_steps", "eval_batch_size",
-                     "darp_every", "darp_iters"):
+                     "darp_every", "darp_iters", "propagation_neighbours"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be a positive integer, "
                                  f"got {getattr(self, name)!r}.")
@@ -169,6 +182,9 @@ class TrainConfig:
         if self.pool_layout not in POOL_LAYOUTS:
             raise ValueError(f"TrainConfig.pool_layout must be one of {POOL_LAYOUTS}, got "
                              f"{self.pool_layout!r}.")
+        if self.pseudo_labels not in PSEUDO_LABEL_SOURCES:
+            raise ValueError(f"TrainConfig.pseudo_labels must be one of "
+                             f"{PSEUDO_LABEL_SOURCES}, got {self.pseudo_labels!r}.")
         if self.weak_forward not in ("joint", "separate"):
             raise ValueError(f"TrainConfig.weak_forward must be 'joint' or 'separate', "
                              f"got {self.weak_forward!r}.")
@@ -195,6 +211,7 @@ class TrainConfig:
             ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
             ("darp_warmup", 0 <= self.darp_warmup <= 1, "a fraction of the steps in [0, 1]"),
             ("encoder_lr_scale", self.encoder_lr_scale >= 0, ">= 0"),
+            ("propagation_alpha", 0 <= self.propagation_alpha < 1, "in [0, 1)"),
             ("freeze_encoder_fraction", 0 <= self.freeze_encoder_fraction <= 1,
              "a fraction of the steps in [0, 1]"),
         )
@@ -268,6 +285,9 @@ class TrainData(NamedTuple):
     num_labeled: () int32, how many entries of the two above are real.
     diagnostic_labels: (N,) int32 true labels of the pool, used only to report
       the accuracy of accepted pseudo-labels (never by a loss); -1 if unknown.
+    propagated: (N, C) float32 class distribution of every pool row from label
+      propagation (`npc_jax.ssl.propagation`), or None; needed by
+      `TrainConfig.pseudo_labels` "propagated" and "product".
     """
 
     images: Any
@@ -276,6 +296,7 @@ class TrainData(NamedTuple):
     labeled_labels: jax.Array
     num_labeled: jax.Array
     diagnostic_labels: jax.Array
+    propagated: Any = None
 
     @property
     def num_pool(self) -> int:
@@ -302,7 +323,7 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def make_train_data(images, labeled_indices, labels_of_labeled, *, capacity=None,
-                    diagnostic_labels=None) -> TrainData:
+                    diagnostic_labels=None, propagated=None) -> TrainData:
     """Packs host arrays into a `TrainData`, padding the labeled set to `capacity`.
 
     A memory-mapped pool (`np.memmap`, e.g. an ``npy:`` dataset) stays on the
@@ -332,7 +353,8 @@ def make_train_data(images, labeled_indices, labels_of_labeled, *, capacity=None
         labeled_indices=jnp.asarray(np.pad(labeled_indices, (0, pad))),
         labeled_labels=jnp.asarray(np.pad(labels_of_labeled, (0, pad))),
         num_labeled=jnp.asarray(num_labeled, jnp.int32),
-        diagnostic_labels=jnp.asarray(diagnostic_labels, jnp.int32))
+        diagnostic_labels=jnp.asarray(diagnostic_labels, jnp.int32),
+        propagated=None if propagated is None else jnp.asarray(propagated, jnp.float32))
 
 
 def cosine_7_16(lr: float, steps: int) -> optax.Schedule:
@@ -563,30 +585,44 @@ def fixmatch_step(state: TrainState, data: TrainData, key: jax.Array, *,
     weak_u = augment.weak_augment(keys["weak_u"], x_u, flip=config.flip)
     strong_u = augment.strong_augment(keys["strong_u"], x_u, flip=config.flip)
     darp_active = state.step >= int(config.darp_warmup * config.steps)
+    propagated_only = config.pseudo_labels == "propagated"
 
-    if config.weak_forward == "separate":
+    if propagated_only:   # the targets are given: no weak pass at all
+        logits_weak = None
+        inputs = _shard_batch(jnp.concatenate([weak_l, strong_u]), config)
+    elif config.weak_forward == "separate":
         # The weak views only produce pseudo-labels (no gradient): a forward
         # pass of their own saves their backward pass, ~30% of the step.
         logits_weak, _ = model.apply_train(
             {"params": state.params, "batch_stats": state.batch_stats}, weak_u)
         inputs = _shard_batch(jnp.concatenate([weak_l, strong_u]), config)
     else:
+        logits_weak = None   # the weak views go through the joint pass
         inputs = _shard_batch(jnp.concatenate([weak_l, weak_u, strong_u]), config)
 
     def loss_fn(params):
         logits, batch_stats = model.apply_train(
             {"params": params, "batch_stats": state.batch_stats}, inputs)
         logits_l = logits[:batch_l]
-        if config.weak_forward == "separate":
+        loss_l = fixmatch.cross_entropy(logits_l, y_l)
+        if propagated_only:
+            loss_u, info = fixmatch.weighted_pseudo_label_loss(
+                logits[batch_l:], data.propagated[u_index])
+            return (loss_l + config.lambda_u * loss_u,
+                    (batch_stats, None, info, loss_l, loss_u, state.thresholds))
+        if logits_weak is not None:
             logits_w, logits_strong = logits_weak, logits[batch_l:]
         else:
             logits_w, logits_strong = jnp.split(logits[batch_l:], 2)
         weak_probs = jax.nn.softmax(jax.lax.stop_gradient(logits_w))
+        unrefined = weak_probs   # what DARP's buffer holds
+        if config.pseudo_labels == "product":
+            product = weak_probs * data.propagated[u_index]
+            unrefined = product / jnp.maximum(product.sum(-1, keepdims=True), 1e-12)
+        pseudo = unrefined
         if state.darp is not None:
-            pseudo = darp.darp_pseudo_labels(state.darp, u_index, weak_probs,
+            pseudo = darp.darp_pseudo_labels(state.darp, u_index, unrefined,
                                              active=darp_active)
-        else:
-            pseudo = weak_probs
         threshold_state = state.thresholds
         if threshold_state is None:
             threshold = config.threshold
@@ -594,17 +630,16 @@ def fixmatch_step(state: TrainState, data: TrainData, key: jax.Array, *,
             threshold_state = thresholds.freematch_update(threshold_state, pseudo,
                                                           config.threshold_ema)
             threshold = thresholds.class_thresholds(threshold_state)
-        loss_l = fixmatch.cross_entropy(logits_l, y_l)
         loss_u, info = fixmatch.pseudo_label_loss(logits_strong, pseudo, threshold)
         loss = loss_l + config.lambda_u * loss_u
-        return loss, (batch_stats, weak_probs, info, loss_l, loss_u, threshold_state)
+        return loss, (batch_stats, unrefined, info, loss_l, loss_u, threshold_state)
 
-    (loss, (batch_stats, weak_probs, info, loss_l, loss_u, threshold_state)), grads = (
+    (loss, (batch_stats, unrefined, info, loss_l, loss_u, threshold_state)), grads = (
         jax.value_and_grad(loss_fn, has_aux=True)(state.params))
 
     new_darp = state.darp
-    if new_darp is not None:
-        new_darp = darp.darp_update(new_darp, u_index, weak_probs)
+    if new_darp is not None and not propagated_only:
+        new_darp = darp.darp_update(new_darp, u_index, unrefined)
         refresh = darp_active & (state.step % config.darp_every == 0)
         target = darp.uniform_target(data.num_pool, model.num_classes)
         new_darp = jax.lax.cond(
@@ -669,6 +704,11 @@ def train(model: Model, config: TrainConfig, data: TrainData, key: jax.Array, *,
       them).
     """
     mesh = data_parallel_mesh(config)   # raises early on a batch that does not divide
+    if config.method == "fixmatch" and config.pseudo_labels != "model" and (
+            data.propagated is None):
+        raise ValueError(f"TrainConfig.pseudo_labels={config.pseudo_labels!r} needs "
+                         "TrainData.propagated (make_train_data(..., propagated=...)); "
+                         "in a run, config.init='pretrained' provides it.")
     init_key, steps_key, recalibrate_key = jax.random.split(key, 3)
     state = init_state(model, config, init_key, data.num_pool, init_variables)
     pool_mesh = _pool_sharded(config)

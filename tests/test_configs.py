@@ -168,7 +168,7 @@ def test_pretrain_config_smoke(tmp_path):
 def test_the_committed_l1_records_keep_their_config_hash_and_devices_is_not_hashed():
     """The L1 records (records/l1) resume under today's fmnist_assl.py: fields added
     since (first_query_size, continue_with, cold_start_network, train.devices,
-    train.pool_layout) stay out of the hash at their defaults, and the device count
+    train.pool_layout, train.pseudo_labels, train.propagation_*) stay out of the hash at their defaults, and the device count
     never enters it."""
     import json
 
@@ -183,5 +183,11 @@ def test_the_committed_l1_records_keep_their_config_hash_and_devices_is_not_hash
         assert RunSettings.from_config(config).config_hash == recorded
         config.train.pool_layout = "replicated"   # the default: out of the hash
         assert RunSettings.from_config(config).config_hash == recorded
+        config.train.pseudo_labels = "model"
+        config.train.propagation_neighbours = 10
+        assert RunSettings.from_config(config).config_hash == recorded
+        config.train.pseudo_labels = "propagated"   # other targets: another run
+        assert RunSettings.from_config(config).config_hash != recorded
+        config.train.pseudo_labels = "model"
         config.train.pool_layout = "sharded"      # other draws: another run
         assert RunSettings.from_config(config).config_hash != recorded

@@ -17,6 +17,7 @@ __all__ = [
     "UnlabeledLossInfo",
     "cross_entropy",
     "pseudo_label_loss",
+    "weighted_pseudo_label_loss",
 ]
 
 
@@ -58,3 +59,25 @@ def pseudo_label_loss(strong_logits: jax.Array, pseudo_distribution: jax.Array,
         strong_logits, pseudo_labels)
     loss = jnp.mean(per_sample * mask)
     return loss, UnlabeledLossInfo(mask, pseudo_labels, confidence)
+
+
+def weighted_pseudo_label_loss(strong_logits: jax.Array, pseudo_distribution: jax.Array
+                               ) -> tuple[jax.Array, UnlabeledLossInfo]:
+    """The unlabeled loss on given targets (e.g. propagated labels), each sample
+    weighted by its certainty (Iscen et al., 2019) instead of a threshold.
+
+    Args:
+      strong_logits: (B_u, C) logits of the strongly augmented views.
+      pseudo_distribution: (B_u, C) target class distributions (constants).
+
+    Returns:
+      Σ_b w_b · CE(strong_b, argmax_b) / B_u with w_b = 1 − H(p_b) / log C, and
+      diagnostics whose ``mask`` is w (so its mean is the mean weight).
+    """
+    p = jax.lax.stop_gradient(pseudo_distribution)
+    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), -1)
+    weight = 1.0 - entropy / jnp.log(p.shape[-1])
+    pseudo_labels = jnp.argmax(p, axis=-1).astype(jnp.int32)
+    per_sample = optax.softmax_cross_entropy_with_integer_labels(strong_logits, pseudo_labels)
+    return (jnp.mean(weight * per_sample),
+            UnlabeledLossInfo(weight, pseudo_labels, jnp.max(p, axis=-1)))
