@@ -60,10 +60,14 @@ VARIANTS = {
     # Label propagation over the pretrained embedding as the unlabeled targets.
     "l2_propagated": {"train.pseudo_labels": "propagated"},
     "l2_product": {"train.pseudo_labels": "product"},
+    # The config before propagation (FixMatch's own pseudo-labels, lambda_u 1).
+    "l2_fixmatch": {"train.pseudo_labels": "model", "train.lambda_u": 1.0},
     "l2_propagated_s1200": {"train.pseudo_labels": "propagated", "train_steps": 1200},
     "l2_propagated_k20": {"train.pseudo_labels": "propagated",
                           "train.propagation_neighbours": 20},
     "l2_propagated_lu2": {"train.pseudo_labels": "propagated", "train.lambda_u": 2.0},
+    "l2_propagated_lu4": {"train.pseudo_labels": "propagated", "train.lambda_u": 4.0},
+    "l2_propagated_lu8": {"train.pseudo_labels": "propagated", "train.lambda_u": 8.0},
 }
 BASES = {"fmnist_assl": fmnist_assl, "fmnist_pretrained": fmnist_pretrained}
 
