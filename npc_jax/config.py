@@ -44,7 +44,8 @@ _HASH_NEUTRAL_DEFAULTS = {"model_dtype": "float32", "initial_trainings": 1, "ini
 _HOW_COMPUTED_TRAIN_FIELDS = {"devices"}
 # TrainConfig fields added after records were made: out of the hash at these values.
 _HASH_NEUTRAL_TRAIN_DEFAULTS = {"pool_layout": "replicated", "pseudo_labels": "model",
-                                "propagation_neighbours": 10, "propagation_alpha": 0.99}
+                                "propagation_neighbours": 10, "propagation_alpha": 0.99,
+                                "propagation_balance": True}
 # Where things are kept, not what is computed: outside the hash.
 _LOCATION_FIELDS = ("pretrain_cache",)
 # Strategy options that default to a run setting: {strategy: {option: setting}}.

@@ -194,7 +194,8 @@ def train_and_evaluate(exp: Experiment, pool: Pool, key: jax.Array, description:
     if config.method == "fixmatch" and config.pseudo_labels != "model":
         propagated = propagation.propagate(
             exp.neighbour_graph(), labeled, exp.labeller.labels[labeled],
-            exp.data.num_classes, alpha=config.propagation_alpha)
+            exp.data.num_classes, alpha=config.propagation_alpha,
+            balance=config.propagation_balance)
     data = train.make_train_data(
         exp.data.x_train, labeled, exp.labeller.labels[labeled],
         capacity=exp.settings.final_num_labels, diagnostic_labels=diagnostic_labels,

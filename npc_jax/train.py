@@ -122,8 +122,9 @@ class TrainConfig:
       1 − H/log C, as Iscen et al. 2019; no weak pass, threshold or DARP);
       "product" (the weak prediction times the propagated distribution,
       renormalised, then DARP and τ as in FixMatch).
-    propagation_neighbours, propagation_alpha: the kNN graph's k and the
-      propagation's α (`npc_jax.ssl.propagation`) when `pseudo_labels` uses it.
+    propagation_neighbours, propagation_alpha, propagation_balance: the kNN
+      graph's k, the propagation's α and its class mass normalisation
+      (`npc_jax.ssl.propagation.propagate`) when `pseudo_labels` uses them.
     pool_layout: "replicated" (every device holds the whole pool) or "sharded"
       (each device holds one block of its rows and draws its unlabeled rows
       from it: the module docstring); on one device they are the same.
@@ -162,6 +163,7 @@ class TrainConfig:
     pseudo_labels: str = "model"
     propagation_neighbours: int = 10
     propagation_alpha: float = 0.99
+    propagation_balance: bool = True
     pool_layout: str = "replicated"
     devices: int = 0
 

