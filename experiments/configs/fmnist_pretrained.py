@@ -6,23 +6,23 @@ as L1 (fmnist_assl.py); the difference is `init = "pretrained"`: each training
 (round 0 included) starts from the SimCLR encoder of
 experiments/configs/pretrain_fmnist.py (made once, cached under
 `pretrain_cache`, a cache hit for every later run) with a fresh classifier,
-then FixMatch-DARP with a shorter schedule (the encoder is already good).
+then FixMatch with a shorter schedule (the encoder is already good) whose
+unlabeled targets are the labels propagated over the pretrained embedding's
+kNN graph (class-balanced, certainty-weighted, λ_u = 8).
 
 Command:
     python experiments/assl.py --config experiments/configs/fmnist_pretrained.py \
         --workdir runs/fmnist_pretrained --config.strategies=passive,npc --config.seeds=0,1,2
 
 Runtime: the pretraining once (P8, BENCHMARKS.md: ~22 min on 2 quiet cores),
-then about 76 s per training on 2 cores (800 steps, the first 25 % a linear
-probe).
-Expected result (BENCHMARKS.md "L2"): with this pretraining (SimCLR + one
-RandAugment op, test kNN 75.8 % at 10 labels per class; records/l2, passive,
-5 seeds, test accuracy at 10 / 30 / 50 / 70 labels): ASSL 58.7 / 67.6 / 73.7 /
-75.7 %, ASL 58.4 / 66.2 / 72.4 / 73.0 %; with the first
-pretraining (`pretrain_fmnist.py:plain`, kNN 72.7 %; records/l2_v1, 5 seeds,
-test accuracy at 10 / 30 / 50 / 70 labels): ASSL 57.6 / 65.5 / 71.5 / 73.7 %,
-ASL 55.7 / 64.6 / 69.4 / 71.4 % (L1 ASSL from scratch: 49.5 / 56.9 / 65.1 /
-69.8).
+then the pool's kNN graph once per process (~30 s) and about 55 s per
+training on 2 cores (800 steps, the first 25 % a linear probe; ASL ~20 s).
+Expected result (BENCHMARKS.md "L2 v3"; records/l2, passive, 5 seeds, test
+accuracy at 10 / 30 / 50 / 70 labels): ASSL 62.4 / 70.9 / 76.1 / 77.1 %
+(AUC 71.6), ASL 58.4 / 66.2 / 72.4 / 73.0 %. Before the propagated targets
+(records/l2_v2): ASSL 58.7 / 67.6 / 73.7 / 75.7 %; with the first, plain
+pretraining (`pretrain_fmnist.py:plain`, records/l2_v1): ASSL 57.6 / 65.5 /
+71.5 / 73.7 % (L1 ASSL from scratch: 49.5 / 56.9 / 65.1 / 69.8).
 """
 from configs import fmnist_assl, pretrain_fmnist
 
