@@ -344,3 +344,38 @@ def test_a_cold_start_queries_from_the_named_network(toy, tmp_path, network):
                     "cold_start_network": "random"})
     with pytest.raises(ValueError, match="cold_start_network='random' applies"):
         config_lib.RunSettings.from_config(scratch)
+
+
+def test_the_loop_trains_on_labels_propagated_over_the_pretrained_embedding(toy, tmp_path):
+    """pseudo_labels="propagated": the loop builds the pool's kNN graph from the
+    pretraining once and every training reads its propagated labels; without a
+    pretraining the config is refused with the fix."""
+    from npc_jax import loop
+    from npc_jax.ssl import propagation
+
+    path, dataset = toy
+    config = toy_config.get_config()
+    config.update({"dataset": f"npz:{path}", "strategies": "passive", "rounds": 1,
+                   "init": "pretrained", "pretrain_cache": str(tmp_path / "cache"),
+                   "pretrain": {**dataclasses.asdict(dataclasses.replace(TINY, steps=10)),
+                                "crop_scale": [0.2, 1.0]}})
+    config.train.pseudo_labels = "propagated"
+    config.train.propagation_neighbours = 5
+    built = []
+    real_graph = propagation.knn_graph
+
+    def counting_graph(*args, **kwargs):
+        built.append(args[0].shape)
+        return real_graph(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(propagation, "knn_graph", counting_graph)
+        got = loop.run(config, tmp_path / "run", progress=False)
+    assert len(got) == 2 and all(np.isfinite(r.test_accuracy) for r in got)
+    [shape] = built                                  # once per run,
+    assert shape[0] == len(dataset.y_train)          # over the pool's embedding
+    assert got[0].train_metrics["mask_rate"] > 0     # the certainty weights were used
+    scratch = config.copy_and_resolve_references()
+    scratch.init = "scratch"
+    with pytest.raises(ValueError, match="init='pretrained'"):
+        loop.run(scratch, tmp_path / "scratch", progress=False)
