@@ -230,15 +230,21 @@ def test_fine_tuning_starts_from_exactly_the_cached_weights_with_a_fresh_head(to
         train.init_state(get_model("cnn", 4), config, key, 8, init_variables=reloaded)
 
 
+def _pretrained_run_config(data_path, cache):
+    """The toy run, one round of passive, fine-tuned from a 10-step pretraining."""
+    config = toy_config.get_config()
+    config.update({"dataset": f"npz:{data_path}", "strategies": "passive", "rounds": 1,
+                   "init": "pretrained", "pretrain_cache": str(cache),
+                   "pretrain": {**dataclasses.asdict(dataclasses.replace(TINY, steps=10)),
+                                "crop_scale": [0.2, 1.0]}})
+    return config
+
+
 def test_the_loop_fine_tunes_from_the_named_pretraining(toy, tmp_path):
     from npc_jax import loop
 
     path, _ = toy
-    config = toy_config.get_config()
-    config.update({"dataset": f"npz:{path}", "strategies": "passive", "rounds": 1,
-                   "init": "pretrained", "pretrain_cache": str(tmp_path / "cache"),
-                   "pretrain": {**dataclasses.asdict(dataclasses.replace(TINY, steps=10)),
-                                "crop_scale": [0.2, 1.0]}})
+    config = _pretrained_run_config(path, tmp_path / "cache")
     scratch = toy_config.get_config()
     scratch.update({"dataset": f"npz:{path}", "strategies": "passive", "rounds": 1})
     assert (config_lib.RunSettings.from_config(config).config_hash
@@ -354,11 +360,7 @@ def test_the_loop_trains_on_labels_propagated_over_the_pretrained_embedding(toy,
     from npc_jax.ssl import propagation
 
     path, dataset = toy
-    config = toy_config.get_config()
-    config.update({"dataset": f"npz:{path}", "strategies": "passive", "rounds": 1,
-                   "init": "pretrained", "pretrain_cache": str(tmp_path / "cache"),
-                   "pretrain": {**dataclasses.asdict(dataclasses.replace(TINY, steps=10)),
-                                "crop_scale": [0.2, 1.0]}})
+    config = _pretrained_run_config(path, tmp_path / "cache")
     config.train.pseudo_labels = "propagated"
     config.train.propagation_neighbours = 5
     built = []
