@@ -584,12 +584,13 @@ def fixmatch_step(state: TrainState, data: TrainData, key: jax.Array, *,
     x_u, u_index = _sample_unlabeled(keys["unlabeled"], data, config)
     x_u = _shard_batch(images_to_float(x_u), config)
     weak_l = augment.weak_augment(keys["weak_l"], x_l, flip=config.flip)
-    weak_u = augment.weak_augment(keys["weak_u"], x_u, flip=config.flip)
     strong_u = augment.strong_augment(keys["strong_u"], x_u, flip=config.flip)
     darp_active = state.step >= int(config.darp_warmup * config.steps)
     propagated_only = config.pseudo_labels == "propagated"
+    if not propagated_only:
+        weak_u = augment.weak_augment(keys["weak_u"], x_u, flip=config.flip)
 
-    if propagated_only:   # the targets are given: no weak pass at all
+    if propagated_only:   # the targets are given: no weak view at all
         logits_weak = None
         inputs = _shard_batch(jnp.concatenate([weak_l, strong_u]), config)
     elif config.weak_forward == "separate":
