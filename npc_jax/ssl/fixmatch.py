@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from npc_jax.ssl import propagation
+
 __all__ = [
     "UnlabeledLossInfo",
     "cross_entropy",
@@ -75,8 +77,7 @@ def weighted_pseudo_label_loss(strong_logits: jax.Array, pseudo_distribution: ja
       diagnostics whose ``mask`` is w (so its mean is the mean weight).
     """
     p = jax.lax.stop_gradient(pseudo_distribution)
-    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), -1)
-    weight = 1.0 - entropy / jnp.log(p.shape[-1])
+    weight = propagation.certainty(p)
     pseudo_labels = jnp.argmax(p, axis=-1).astype(jnp.int32)
     per_sample = optax.softmax_cross_entropy_with_integer_labels(strong_logits, pseudo_labels)
     return (jnp.mean(weight * per_sample),

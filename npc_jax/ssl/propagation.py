@@ -162,9 +162,10 @@ def propagate(graph: NeighbourGraph, labeled_indices, labels, num_classes: int, 
     return np.asarray(out, np.float32)
 
 
-def certainty(distribution) -> np.ndarray:
+def certainty(distribution):
     """(N,) 1 − H(p) / log C of each row of an (N, C) distribution: 1 for a
-    one-hot row, 0 for the uniform one."""
-    p = np.asarray(distribution, np.float64)
-    entropy = -np.sum(np.where(p > 0, p * np.log(np.maximum(p, 1e-300)), 0.0), axis=1)
-    return (1.0 - entropy / np.log(p.shape[1])).astype(np.float32)
+    one-hot row, 0 for the uniform one. Traceable (FixMatch's weighted loss
+    calls it inside the jitted step)."""
+    p = jnp.asarray(distribution, jnp.float32)
+    entropy = -jnp.sum(jax.scipy.special.xlogy(p, p), axis=-1)
+    return 1.0 - entropy / jnp.log(p.shape[-1])
