@@ -132,6 +132,9 @@ STRATEGIES = {
     "maxherding": (lambda: _ours("maxherding"),
                    lambda: _peer("MaxHerding", normalise=True, metric_dict={"gamma": 1.0})),
     "maxherding_20k": (lambda: _ours("maxherding", num_candidates=20_000), None),
+    # At 1M the purity rule's δ-ball graph holds ≈ 3e8 edges (1.2 GB), over the default bound.
+    "probcover_1m": (lambda: _ours("probcover", num_clusters=NUM_CLASSES,
+                                   max_edges=600_000_000), None),
 }
 
 

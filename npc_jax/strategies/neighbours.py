@@ -1,4 +1,4 @@
-"""Exact neighbourhoods over an embedding, in row blocks: never N×N in memory.
+"""Exact neighbourhoods over an embedding, in row blocks or tiles: never N×N in memory.
 
 - `knn_mean_distance(x, k)`: (n,) mean Euclidean distance of each row to its
   k nearest other rows (TypiClust's typicality is its inverse). On one device
@@ -8,14 +8,16 @@
   instead of 0.86-1.0 s (XLA:CPU's top_k, 3× the distance block's time, and a
   compilation per 1024-row size bucket). `_knn_mean` (top_k per block) is the
   reference and the multi-device path.
-- `nearest_other_label_distance(x, labels)`: (N,) distance of each row to the
-  nearest row with a different label (ProbCover's purity for every δ at once).
+- `nearest_other_label_distance(x, labels, query)`: distance of each row (or
+  of the `query` rows) to the nearest row with a different label (ProbCover's
+  purity for every δ at once); on one device in fixed (512, 8192) tiles.
 - `ball_counts(x, delta)`: (N,) number of rows within δ of each row.
 - `ball_graph(x, delta, max_edges)`: the δ-ball graph as CSR neighbour lists
-  (`BallGraph`), self loops included.
+  (`BallGraph`), self loops included; on one device from CELLS_FROM rows by
+  `cells.ball_graph_cells` (only the pairs a cell partition cannot rule out).
 
-Each processes `block_rows` rows against all n at a time, so the working
-memory is one (block_rows, n) block (≈ 64 MB of float32 by default) plus the
+The row-block paths process `block_rows` rows against all n at a time, so the
+working memory is one (block_rows, n) block (≈ 64 MB of float32 by default) plus the
 output; the time is O(n² d), as exact neighbourhoods need. Squared distances
 use the expanded form ‖x‖² + ‖y‖² − 2 x·y in float32 on mean-centred rows,
 clipped at 0 (rounding ≈ 1e-7 of ‖x‖² + ‖y‖²; a row's distance to itself is
@@ -40,6 +42,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from npc_jax.strategies import pool_mesh
+from npc_jax.strategies.cells import ball_graph_cells
 
 __all__ = [
     "BallGraph",
@@ -52,6 +55,8 @@ __all__ = [
 
 # Floats per (rows, n) distance block: 16M (64 MB).
 BLOCK_FLOATS = 1 << 24
+# Pools from this size build their δ-ball graph by cells on one device.
+CELLS_FROM = 32_768
 
 
 def block_rows_for(n: int) -> int:
@@ -230,9 +235,6 @@ def _other_label_rows(x, x_sq, labels, start, rows, n):
     return jnp.sqrt(jnp.min(jnp.where(other, dist, jnp.inf), 1))
 
 
-_other_label_block = jax.jit(_other_label_rows, static_argnames=("rows", "n"))
-
-
 def _ball_rows(x, x_sq, sq_delta, start, rows, n):
     """(rows, n) bool: row block's δ-ball membership (distance <= δ)."""
     block = jax.lax.dynamic_slice_in_dim(x, start, rows)
@@ -273,27 +275,71 @@ def _blocks(body, single, x, x_sq, extra, rows, n, starts, mesh):
             yield start, part
 
 
-def nearest_other_label_distance(x, labels) -> np.ndarray:
-    """(N,) Euclidean distance of each row to the nearest row of another label.
+@jax.jit
+def _other_label_tile(rows, rows_sq, row_labels, cols, cols_sq, col_labels):
+    """(r,) smallest squared distance of each row to a column of another label (padded
+    columns carry label -1 and +inf norms)."""
+    sq = jnp.maximum(rows_sq[:, None] + cols_sq[None, :] - 2.0 * (rows @ cols.T), 0.0)
+    other = (row_labels[:, None] != col_labels[None, :]) & (col_labels >= 0)[None, :]
+    return jnp.min(jnp.where(other, sq, jnp.inf), 1)
+
+
+def _other_label_tiles(x: np.ndarray, labels: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """`nearest_other_label_distance` of the rows `query` on one device, in fixed
+    (KNN_TILE_ROWS, KNN_WIDE_COLS) tiles: every query row against every column tile
+    (compute-bound: a (16, 1M) row block re-read the pool per 16 rows)."""
+    n, d = x.shape
+    cols_tile = KNN_WIDE_COLS if n >= KNN_WIDE_FROM else KNN_TILE_COLS
+    n_pad = -(-n // cols_tile) * cols_tile
+    padded = np.zeros((n_pad, d), np.float32)
+    padded[:n] = x
+    sq = np.einsum("ij,ij->i", padded, padded)
+    sq[n:] = np.inf
+    col_labels = np.full(n_pad, -1, np.int32)
+    col_labels[:n] = labels
+    tiles = [(jnp.asarray(padded[c:c + cols_tile]), jnp.asarray(sq[c:c + cols_tile]),
+              jnp.asarray(col_labels[c:c + cols_tile])) for c in range(0, n_pad, cols_tile)]
+    out = np.empty(len(query), np.float32)
+    for start in range(0, len(query), KNN_TILE_ROWS):
+        ids = query[start:start + KNN_TILE_ROWS]
+        m = len(ids)
+        ids = np.pad(ids, (0, KNN_TILE_ROWS - m))
+        rows, rows_sq, row_labels = padded[ids], sq[ids], col_labels[ids]
+        best = np.full(KNN_TILE_ROWS, np.inf, np.float32)
+        for cols, cols_sq, labels_tile in tiles:
+            np.minimum(best, np.asarray(_other_label_tile(rows, rows_sq, row_labels, cols,
+                                                          cols_sq, labels_tile)), out=best)
+        out[start:start + m] = np.sqrt(best[:m])
+    return out
+
+
+def nearest_other_label_distance(x, labels, query=None) -> np.ndarray:
+    """Euclidean distance of rows to the nearest row of another label.
 
     inf where every row shares the label. A row is δ-pure (its δ-ball holds
     only its own label) iff this distance exceeds δ.
 
     Args:
       x: (N, d) float32.
-      labels: (N,) int (e.g. k-means cluster ids).
+      labels: (N,) int >= 0 (e.g. k-means cluster ids).
+      query: optional (m,) row indices: the distances of those rows only (to
+        all N rows); None: every row.
+
+    Returns:
+      (m,) or (N,) float32.
     """
     x = np.asarray(x, np.float32)
+    labels = np.asarray(labels, np.int32)
     n = len(x)
+    query = np.arange(n) if query is None else np.asarray(query, np.int64)
     mesh = pool_mesh.mesh()
+    if mesh is None:
+        return _other_label_tiles(_centred(x), labels, query)
     device, sq, rows, starts = _row_blocks(x, mesh)
-    padded_labels = np.pad(np.asarray(labels, np.int32), (0, len(device) - n))
-    padded_labels = jnp.asarray(padded_labels) if mesh is None else _replicated(padded_labels,
-                                                                                 mesh)
-    single = lambda x, x_sq, labels, start: _other_label_block(x, x_sq, labels, start, rows, n)
-    out = [part for _, part in _blocks(_other_label_rows, single, device, sq, padded_labels,
+    padded_labels = _replicated(np.pad(labels, (0, len(device) - n)), mesh)
+    out = [part for _, part in _blocks(_other_label_rows, None, device, sq, padded_labels,
                                        rows, n, starts, mesh)]
-    return np.concatenate(out)[:n]
+    return np.concatenate(out)[:n][query]
 
 
 @functools.partial(jax.jit, static_argnames=("rows", "n"))
@@ -328,19 +374,36 @@ class BallGraph(NamedTuple):
     indices: np.ndarray   # (E,) int32, E = Σ ball sizes <= max_edges
 
 
-def ball_graph(x, delta: float, *, max_edges: int) -> BallGraph:
+def ball_graph(x, delta: float, *, max_edges: int, method: str = "auto") -> BallGraph:
     """The δ-ball graph of the rows of `x` as neighbour lists.
 
+    Args:
+      x: (N, d) float32.
+      delta: the ball radius.
+      max_edges: bound on the edges (4 bytes each).
+      method: "blocks" (every pair, in (rows, N) blocks; spread over the
+        local devices), "cells" (one device: only the pairs a cell partition
+        cannot rule out, `cells.ball_graph_cells`: the same graph at a
+        fraction of the work on large pools), or "auto": cells on one device
+        from CELLS_FROM rows, blocks otherwise.
+
     Memory: 4 bytes per edge (E <= max_edges) plus one (block_rows, N) bool
-    block at a time.
+    block at a time (blocks), or one tile and a second copy of the edges
+    (cells).
 
     Raises:
       ValueError: the graph would hold more than `max_edges` edges (δ too
-        large for the pool); it is refused before that memory is spent.
+        large for the pool); it is refused before that memory is spent; or
+        an unknown method.
     """
+    if method not in ("auto", "blocks", "cells"):
+        raise ValueError(f"ball_graph: method must be 'auto', 'blocks' or 'cells', got "
+                         f"{method!r}.")
+    mesh = pool_mesh.mesh()
+    if method == "cells" or (method == "auto" and mesh is None and len(x) >= CELLS_FROM):
+        return BallGraph(*ball_graph_cells(_centred(x), delta, max_edges=max_edges))
     x = np.asarray(x, np.float32)
     n = len(x)
-    mesh = pool_mesh.mesh()
     device, sq, rows, starts = _row_blocks(x, mesh)
     single = lambda x, x_sq, sq_delta, start: _ball_block(x, x_sq, start, sq_delta, rows, n)
     counts, lists, total = [], [], 0
