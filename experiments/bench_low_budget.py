@@ -33,8 +33,10 @@ average ≈ 8 during the runs), N = 60k, d = 128, Q = 20, |L| = 10:
   probcover   ours 110 s, peak 537 MB   scikit-activeml: MemoryError at once
               (its 60k × 60k float32 distance matrix alone is 13.4 GiB, over
               the 12 GiB cap; on this 23 GiB machine it cannot run either)
-N = 1M (ours only): typiclust 305 s, peak 2.8 GB. probcover is O(N² d) by
+N = 1M (ours only): typiclust 305 s, peak 2.8 GB. probcover was O(N² d) by
 construction (exact ball graph): ≈ 280× the 60k time, hours here; not run.
+Since its graph is built by cells (2026-11-30, `--strategies=probcover_1m`,
+the L2 grid sharing the cores): 821 s, peak 3.46 GB; 60k 32 s (was 62 s).
 Our peak RSS includes JAX's runtime (≈ 200-250 MB after import).
 MaxHerding (its module docstring): 60k ours 58 s / 372 MB, the peer cannot
 allocate its 60k × 60k kernel; 1M with num_candidates=20000: 214 s / 2.4 GB.
