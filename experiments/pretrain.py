@@ -9,6 +9,8 @@ with the same config is a cache hit, and a killed call resumes from the last
 checkpoint. Then the representation is measured (kNN and linear probe with 1,
 5, 10 labels per class and all, against the random initialisation and a
 raw-pixel PCA baseline) and written to WORKDIR/<key>/quality.json.
+--export_embedding writes the pretrained features of the training split to a
+.npy (for `experiments/report.py --embedding`).
 """
 import sys
 
@@ -19,6 +21,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Pretraining config fi
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The pretraining cache directory.")
 _EVALUATE = flags.DEFINE_bool("evaluate", True, "Measure the representation afterwards.")
+_EXPORT = flags.DEFINE_string("export_embedding", None,
+                              "Optional .npy path for the features of the training split.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -34,6 +38,10 @@ def main(argv):
     except ValueError as error:
         sys.exit(f"error: {error}")
     print(f"pretrained variables: {result.path}")
+    if _EXPORT.value:
+        import numpy as np
+        np.save(_EXPORT.value, pretraining.embed_pool(_CONFIG.value, result))
+        print(f"embedding of the training split: {_EXPORT.value}")
     if quality:
         print(pretraining.quality_markdown(quality))
 

@@ -249,6 +249,19 @@ def run_from_config(config, cache_dir, *, progress: bool = False, evaluate: bool
     return result, quality
 
 
+def embed_pool(config, result: PretrainResult) -> np.ndarray:
+    """(N, d) float32: the pretrained network's features of the config's whole training
+    split (a run's pool when it carves no validation split), e.g. for
+    `report.acquired_typicality`."""
+    from npc_jax import representation as rep
+    from npc_jax.data import load_dataset
+    from npc_jax.models import get_model
+
+    dataset = load_dataset(config.dataset, data_dir=config.get("data_dir") or None)
+    model = get_model(config.model, dataset.num_classes, dataset.image_shape)
+    return np.asarray(rep.embed(model, result.variables, dataset.x_train), np.float32)
+
+
 def evaluate_quality(model: Model, variables: dict, dataset: Dataset, *,
                      per_class=(1, 5, 10), draws: int = 5,
                      validation_size: int = 5000) -> dict:

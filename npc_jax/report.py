@@ -512,6 +512,88 @@ def acquired_class_counts(records: Sequence[RoundRecord]
     return names, np.array(counts, dtype=float), num_seeds
 
 
+def acquired_typicality(records: Sequence[RoundRecord], embedding: np.ndarray,
+                        k: int = 20) -> dict[Row, dict]:
+    """Where each row's acquired points lie in a pool embedding (e.g. the pretraining's).
+
+    Rows of the embedding are scaled to unit norm; a point's sparsity is its mean
+    distance to its k nearest pool points (`neighbours.knn_mean_distance`, TypiClust's
+    inverse typicality), ranked over the pool as a percentile: 0 = the densest pool
+    point, 1 = the sparsest. A seed's acquired points are its labels at the row's last
+    round reached by all its seeds minus round 0's (as `acquired_class_counts`).
+
+    Args:
+      records: round records whose indices are rows of `embedding`.
+      embedding: (N, d) float, the pool in the records' index order.
+      k: neighbours of the sparsity.
+
+    Returns:
+      {row: {"percentile": Stat over seeds of the acquired points' median
+             percentile, "sparsest": Stat of the share in the sparsest 10 %,
+             "spread": Stat of the mean distance from an acquired point to the
+             nearest other acquired one, "acquired": points per seed}}, rows with
+      a round 0 and at least two acquired points, in report order.
+
+    Raises:
+      ValueError: an index outside the embedding, or a non-finite embedding.
+    """
+    from npc_jax.strategies import neighbours
+
+    z = np.asarray(embedding, np.float32)
+    if z.ndim != 2 or not np.all(np.isfinite(z)):
+        raise ValueError(f"The embedding must be a finite (N, d) array, got shape {z.shape}"
+                         f"{'' if np.all(np.isfinite(z)) else ' with NaN or inf'}.")
+    z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+    sparsity = neighbours.knn_mean_distance(z, k)
+    percentile = np.argsort(np.argsort(sparsity, kind="stable"), kind="stable") / (len(z) - 1)
+    grouped = _by_row_seed(records)
+    out = {}
+    for row in _rows(records):
+        seeds = {seed: b for seed, b in grouped[row].items() if 0 in b}
+        if not seeds:
+            continue
+        last = min(max(b) for b in seeds.values())
+        per_seed = []
+        for b in seeds.values():
+            shared = set(b[0].labeled_indices)
+            acquired = np.array([i for i in b[last].labeled_indices if i not in shared])
+            if len(acquired) < 2:
+                continue
+            if acquired.max() >= len(z):
+                raise ValueError(f"{row_name(row)}: index {int(acquired.max())} outside the "
+                                 f"embedding's {len(z)} rows; pass the embedding of the "
+                                 "records' pool.")
+            picked = z[acquired]
+            gaps = np.sqrt(np.maximum(2.0 - 2.0 * picked @ picked.T, 0.0))
+            np.fill_diagonal(gaps, np.inf)
+            per_seed.append((np.median(percentile[acquired]),
+                             np.mean(percentile[acquired] >= 0.9), gaps.min(1).mean(),
+                             len(acquired)))
+        if per_seed:
+            values = np.array(per_seed)
+            out[row] = {"percentile": mean_std(values[:, 0]), "sparsest": mean_std(values[:, 1]),
+                        "spread": mean_std(values[:, 2]), "acquired": int(values[0, 3])}
+    return out
+
+
+def _typicality_section(typicality: Mapping[Row, dict] | None) -> list[str]:
+    if not typicality:
+        return []
+    lines = ["## Where the acquired points lie in the embedding", "",
+             "Per seed, the acquired points' median sparsity percentile in the pool "
+             "embedding (mean distance to the 20 nearest pool points, ranked: 0 = the "
+             "densest point, 1 = the sparsest; uniform draws: ≈ 0.5), their share in the "
+             "sparsest 10 % (uniform: 0.10), and the mean distance from each to the "
+             "nearest other acquired point (unit-norm rows); mean ± std over seeds.", ""]
+    lines += _table(["", "median percentile", "in the sparsest 10 %", "distance to the "
+                     "nearest other pick", "acquired", "seeds"],
+                    ([row_name(row), f"{t['percentile'].mean:.2f} ± {t['percentile'].std:.2f}",
+                      f"{t['sparsest'].mean:.2f} ± {t['sparsest'].std:.2f}",
+                      f"{t['spread'].mean:.3f} ± {t['spread'].std:.3f}", str(t["acquired"]),
+                      str(t["percentile"].n)] for row, t in typicality.items()), 1)
+    return lines + [""]
+
+
 # -- NPC's objective -----------------------------------------------------------------
 
 
@@ -615,9 +697,11 @@ def _number(value: float) -> str:
 
 
 def report_markdown(records: Sequence[RoundRecord], sources: Sequence[str] = (),
-                    figures: Sequence[str] = ()) -> str:
+                    figures: Sequence[str] = (),
+                    typicality: Mapping[Row, dict] | None = None) -> str:
     """The whole report.md: accuracy, paired differences and statistics, the cold start,
-    label-set IoU, class counts, NPC's λ_min, cost."""
+    label-set IoU, class counts, where the picks lie in an embedding (`typicality`, from
+    `acquired_typicality`, when given), NPC's λ_min, cost."""
     summary = summarize(records)
     dataset = next((r.dataset for r in records if r.dataset), "unknown dataset")
     lines = [f"# Report: {dataset}", "",
@@ -636,6 +720,7 @@ def report_markdown(records: Sequence[RoundRecord], sources: Sequence[str] = (),
                     ([row_name(a), *("—" if math.isnan(v) else f"{v:.2f}" for v in line)]
                      for a, line in zip(names, iou)), 1)
     lines += _class_counts_section(records)
+    lines += _typicality_section(typicality)
     lines += _lambda_min_section(records)
     lines += _cost_section(records)
     if figures:
@@ -990,8 +1075,12 @@ def _read_runs(paths: Sequence[str | os.PathLike]) -> list[RoundRecord]:
     return records
 
 
-def write_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list[Path]:
+def write_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                 embedding: np.ndarray | None = None) -> list[Path]:
     """Reads the records under `paths`, writes report.md and the figures; returns their paths.
+
+    `embedding` ((N, d), the records' pool, optional) adds where the acquired
+    points lie in it (`acquired_typicality`).
 
     Raises:
       ValueError: `npc_jax.records.read_records`'s refusals (a records
@@ -1020,7 +1109,9 @@ def write_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike)
     if lam:
         written += plot_lambda_min(lam, out_dir / "lambda_min")
     markdown = out_dir / "report.md"
+    typicality = None if embedding is None else acquired_typicality(records, embedding)
     markdown.write_text(report_markdown(records, list(map(str, paths)),
-                                        [p.name for p in written if p.suffix == ".png"]),
+                                        [p.name for p in written if p.suffix == ".png"],
+                                        typicality),
                         encoding="utf-8")
     return [markdown, *written]

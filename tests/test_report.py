@@ -465,3 +465,63 @@ def test_warm_and_cold_runs_are_read_together_but_a_run_only_once(tmp_path):
         report.write_report([tmp_path / "l2", tmp_path / "copy"], tmp_path / "out")
     # A file reached twice (its directory and itself) is read once.
     report.write_report([tmp_path / "l2", tmp_path / "l2" / "assl.jsonl"], tmp_path / "out")
+
+
+def _typicality_runs():
+    """On a 1-d line, 'dense' acquires points of the tight middle, 'sparse' the far tail;
+    every run shares round 0's labels (0, 1)."""
+    def run(strategy, seed, picks):
+        return [make_record(strategy=strategy, seed=seed, round=0, num_labels=2,
+                            labeled_indices=[0, 1]),
+                make_record(strategy=strategy, seed=seed, round=1, num_labels=2 + len(picks),
+                            labeled_indices=[0, 1, *picks], acquired_indices=list(picks))]
+    return (run("dense", 0, (50, 51, 52)) + run("dense", 1, (53, 54, 55))
+            + run("sparse", 0, (97, 98, 99)) + run("sparse", 1, (96, 97, 99)))
+
+
+def _line_embedding():
+    """100 points: 0-89 packed in [0, 1] (denser toward the middle), 90-99 spread to 10."""
+    inner = 0.5 + 0.5 * np.sign(np.linspace(-1, 1, 90)) * np.linspace(-1, 1, 90) ** 2
+    outer = np.linspace(2.0, 10.0, 10)
+    x = np.concatenate([inner, outer])
+    # Unit-norm rows must keep the geometry: a 2-d embedding on a wide arc.
+    return np.stack([np.cos(x / 20), np.sin(x / 20)], 1)
+
+
+def test_acquired_typicality_by_hand():
+    z = _line_embedding()
+    got = report.acquired_typicality(_typicality_runs(), z, k=3)
+    dense, sparse = got[("assl", "dense")], got[("assl", "sparse")]
+    assert dense["percentile"].mean < 0.3 and dense["sparsest"].mean == 0.0
+    assert sparse["percentile"].mean > 0.9 and sparse["sparsest"].mean == 1.0
+    assert dense["percentile"].n == 2 and dense["acquired"] == 3
+    # Spread: each pick's chord distance to the nearest other pick, mean over picks and seeds.
+    def spread(picks):
+        chords = np.linalg.norm(z[picks][:, None] - z[picks][None], axis=-1)
+        np.fill_diagonal(chords, np.inf)
+        return chords.min(1).mean()
+    assert sparse["spread"].mean == pytest.approx(
+        (spread([97, 98, 99]) + spread([96, 97, 99])) / 2, rel=1e-4)
+    assert sparse["spread"].mean > 10 * dense["spread"].mean
+
+
+def test_acquired_typicality_refuses_a_wrong_embedding(tmp_path):
+    with pytest.raises(ValueError, match="index 99 outside the embedding's 60 rows"):
+        report.acquired_typicality(_typicality_runs(), _line_embedding()[:60], k=3)
+    bad = _line_embedding()
+    bad[4, 1] = np.nan
+    with pytest.raises(ValueError, match="finite .* with NaN or inf"):
+        report.acquired_typicality(_typicality_runs(), bad, k=3)
+
+
+def test_report_cli_with_an_embedding(tmp_path):
+    _write(tmp_path / "run" / "results.jsonl", _typicality_runs())
+    np.save(tmp_path / "z.npy", _line_embedding())
+    _cli().main([str(tmp_path / "run"), "--out", str(tmp_path / "out"),
+                 "--embedding", str(tmp_path / "z.npy")])
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "## Where the acquired points lie in the embedding" in text
+    assert re.search(r"\| sparse \(ASSL\) \| 0\.9\d ± 0\.0\d \| 1\.00 ± 0\.00 \|", text)
+    with pytest.raises(SystemExit, match="error: .*missing.npy"):
+        _cli().main([str(tmp_path / "run"), "--out", str(tmp_path / "out"),
+                     "--embedding", str(tmp_path / "missing.npy")])
