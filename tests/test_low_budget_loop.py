@@ -1,4 +1,4 @@
-"""TypiClust, ProbCover, MaxHerding and npc_embed in the ASSL loop, warm and cold.
+"""TypiClust, ProbCover, MaxHerding, npc_embed and npc_typical in the ASSL loop, warm and cold.
 
 The toy bar-image pool of toy_config (120 images, 4 classes); the embedding
 is "auto": the model's penultimate features (no pretraining in this config).
@@ -14,7 +14,7 @@ from npc_jax import loop
 
 import toy_config
 
-LOW_BUDGET = "typiclust,probcover,maxherding,npc_embed"
+LOW_BUDGET = "typiclust,probcover,maxherding,npc_embed,npc_typical"
 
 
 @pytest.fixture(scope="module")

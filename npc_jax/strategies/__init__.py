@@ -54,6 +54,7 @@ register("npc", NPC)
 # NPC = random search × a finite network's kernel; the variants fix one option.
 register("npc_probs", npc_variant("npc_probs", output="probs"))
 register("npc_full", npc_variant("npc_full", kernel="full"))
+register("npc_typical", npc_variant("npc_typical", candidates="typical"))
 # Cosine-normalised kernel: every point weighs the same, so a large-norm
 # (outlying) feature vector no longer inflates a batch's λ_min.
 register("npc_norm", npc_variant("npc_norm", normalize=True))

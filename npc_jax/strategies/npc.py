@@ -10,6 +10,10 @@ with it (`npc_jax.strategies.search`); the registry composes:
   `kernel`, `output`, `normalize`);
 * ``npc_probs``, ``npc_full``, ``npc_norm``: the same with output="probs",
   kernel="full" or normalize=True;
+* ``npc_typical``: the same, its random batches drawn from the typical
+  points only (`candidates="typical"`: the densest fraction of the pool
+  embedding, by TypiClust's typicality), so that λ_min chooses among
+  typical points;
 * ``npc_search`` (`npc_search.NPCSearch`): swap search × the last-layer kernel;
 * ``npc_infinite`` (`npc_infinite.NPCInfinite`): random search × the analytic
   infinite-width NTK of an architecture;
@@ -32,7 +36,9 @@ import numpy as np
 from npc_jax.data import Pool
 from npc_jax.strategies import kernels
 from npc_jax.strategies.base import EMBEDDING_SOURCES, Acquisition, AcquisitionContext
+from npc_jax.strategies.embedding import pool_embedding
 from npc_jax.strategies.kernels import KERNELS, Kernel
+from npc_jax.strategies.neighbours import knn_mean_distance
 from npc_jax.strategies.search import (SearchResult, candidate_batches, check_num_candidates,
                                        random_search, sample_batches, score_batches)
 
@@ -102,6 +108,15 @@ class NPC(KernelSearch):
         score the `screen_top` best exactly (`kernels.full_kernel`; the pick's
         λ_min is exact, the other scores are lower bounds).
       screen_top: kernel="full": batches scored exactly after screening.
+      candidates: "pool" (the paper: batches of any unlabeled points) or
+        "typical": batches of the unlabeled points among the `typical_fraction`
+        densest of the pool embedding (sparsity = mean distance to the
+        `typicality_k` nearest pool points on unit-norm rows, TypiClust's
+        inverse typicality; computed once per embedding).
+      typical_fraction: the share of the pool that is typical, in (0, 1].
+      typicality_k: neighbours of the sparsity.
+      embedding: "auto", "pretrained" or "features" (`pool_embedding`), for
+        candidates="typical".
       kernel_fn: inject a kernel, see `KernelSearch`.
     """
 
@@ -111,10 +126,25 @@ class NPC(KernelSearch):
                  output: str = "logits", normalize: bool = False, chunk_size: int = 128,
                  jacobian_chunk: int = 32, memory_mb: float = 1024,
                  float64: bool | None = None, full_exact: bool = False,
-                 screen_top: int = kernels.SCREEN_TOP,
+                 screen_top: int = kernels.SCREEN_TOP, candidates: str = "pool",
+                 typical_fraction: float = 0.2, typicality_k: int = 20,
+                 embedding: str = "auto",
                  kernel_fn: Callable[[AcquisitionContext], Kernel] | None = None):
         check_num_candidates(num_candidates)
         kernels.check_options(kernel, output)
+        if candidates not in ("pool", "typical"):
+            raise ValueError(f"npc: candidates must be 'pool' or 'typical', got {candidates!r}.")
+        if not 0 < typical_fraction <= 1:
+            raise ValueError(f"npc: typical_fraction must lie in (0, 1], got "
+                             f"{typical_fraction!r}.")
+        if not (isinstance(typicality_k, int) and typicality_k >= 1):
+            raise ValueError(f"npc: typicality_k must be an int >= 1, got {typicality_k!r}.")
+        if embedding not in EMBEDDING_SOURCES:
+            raise ValueError(f"npc: embedding must be one of {EMBEDDING_SOURCES}, got "
+                             f"{embedding!r}.")
+        self.candidates, self.typical_fraction = candidates, float(typical_fraction)
+        self.typicality_k, self.embedding = typicality_k, embedding
+        self._sparsity = None   # (the embedding it was computed on, (N,) sparsity)
         make_kernel = functools.partial(
             kernels.empirical_kernel, kernel=kernel, output=output, normalize=bool(normalize),
             jacobian_chunk=int(jacobian_chunk), memory_mb=float(memory_mb), float64=float64,
@@ -126,6 +156,33 @@ class NPC(KernelSearch):
                                            chunk_size=int(chunk_size)),
                          {"kernel": kernel, "output": output, "normalize": bool(normalize)},
                          chunk_size=chunk_size, kernel_fn=kernel_fn)
+
+    def typical_candidates(self, ctx: AcquisitionContext, pool: Pool) -> np.ndarray:
+        """The unlabeled pool indices among the `typical_fraction` densest of the pool
+        embedding, ascending."""
+        z = pool_embedding(ctx, self.embedding)
+        if self._sparsity is None or self._sparsity[0] is not z:
+            unit = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True),
+                                  np.finfo(np.float32).tiny)
+            self._sparsity = (z, knn_mean_distance(unit, self.typicality_k))
+        sparsity = self._sparsity[1]
+        count = max(1, int(round(self.typical_fraction * len(sparsity))))
+        typical = np.zeros(len(sparsity), bool)
+        typical[np.argsort(sparsity, kind="stable")[:count]] = True
+        return np.flatnonzero(typical & ~pool.labeled_mask).astype(np.int64)
+
+    def select(self, key: jax.Array, ctx: AcquisitionContext, pool: Pool,
+               q: int) -> Acquisition:
+        if self.candidates == "pool":
+            return super().select(key, ctx, pool, q)
+        candidates = self.typical_candidates(ctx, pool)
+        if len(candidates) < q:
+            raise ValueError(f"npc: only {len(candidates)} unlabeled typical points for a batch "
+                             f"of {q}; raise typical_fraction (now {self.typical_fraction}).")
+        result = self.search(key, self.make_kernel(ctx), pool, q, candidates=candidates)
+        return Acquisition(result.indices, {
+            **result.objective, **self.description, "candidates": "typical",
+            "typical_fraction": self.typical_fraction, "typical_points": int(len(candidates))})
 
 
 class NPCEmbed(KernelSearch):

@@ -70,13 +70,20 @@ def sample_batches(key: jax.Array, candidates: np.ndarray, num_batches: int,
 
 
 def candidate_batches(key: jax.Array, pool: Pool, num_candidates: int | str,
-                      q: int) -> np.ndarray:
+                      q: int, candidates: np.ndarray | None = None) -> np.ndarray:
     """Algorithm 1's m random candidate batches: (m, q) int64 unlabeled pool indices.
 
     `num_candidates` is m, or "pool" for m = the number of unlabeled samples.
+    `candidates` (optional unlabeled pool indices, at least q) restricts the
+    batches to them; None: every unlabeled point.
     """
     check_query(pool, q)
     unlabeled = pool.unlabeled_indices
+    if candidates is not None:
+        unlabeled = np.asarray(candidates, np.int64)
+        if len(unlabeled) < q or pool.labeled_mask[unlabeled].any():
+            raise ValueError(f"candidate_batches: the {len(unlabeled)} candidates must be "
+                             f"unlabeled pool points, at least q = {q}.")
     m = len(unlabeled) if num_candidates == "pool" else int(num_candidates)
     return unlabeled[sample_batches(key, unlabeled, m, q)]
 
@@ -147,7 +154,8 @@ def score_batches(kernel: Kernel, labeled, batches, *, chunk_size: int = 128) ->
 
 
 def random_search(key: jax.Array, kernel: Kernel, pool: Pool, q: int, *,
-                  num_candidates: int | str = 1000, chunk_size: int = 128) -> SearchResult:
+                  num_candidates: int | str = 1000, chunk_size: int = 128,
+                  candidates: np.ndarray | None = None) -> SearchResult:
     """Algorithm 1: the best of m random batches of q unlabeled points.
 
     Args:
@@ -157,13 +165,14 @@ def random_search(key: jax.Array, kernel: Kernel, pool: Pool, q: int, *,
       q: batch size.
       num_candidates: m, or "pool" for m = the number of unlabeled points.
       chunk_size: as in `score_batches`.
+      candidates: optional unlabeled indices the batches are drawn from.
 
     Returns:
       The best batch; objective {"lambda_min": its λ_min, "random_batches":
       `score_summary` of all m scores}.
     """
     check_num_candidates(num_candidates)
-    batches = candidate_batches(key, pool, num_candidates, q)
+    batches = candidate_batches(key, pool, num_candidates, q, candidates)
     scores = score_batches(kernel, pool.labeled_indices, batches, chunk_size=chunk_size)
     best = int(np.argmax(scores))
     return SearchResult(batches[best].astype(np.int64),
