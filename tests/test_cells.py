@@ -149,3 +149,49 @@ def test_probcover_same_picks_through_either_graph_path(monkeypatch):
         got = ProbCover(delta=0.25).select(jax.random.key(1), _ctx(z), Pool(len(z), (3, 9)), 8)
         picks[cells_from] = got.indices.tolist()
     assert picks[10 ** 9] == picks[1000]
+
+
+def test_cells_graph_is_symmetric_where_norms_round_differently():
+    """d = 64: a row's squared norm computed twice (host, device) differed by an ulp and
+    kept the pair (1420, 282) one way only at this δ (found in review)."""
+    rng = np.random.default_rng(1)
+    x = neighbours._centred(normalize_rows(rng.normal(size=(1500, 64)).astype(np.float32)))
+    for delta in (0.9781000469303305, 1.0, 1.05):
+        graph = neighbours.ball_graph(x, delta, max_edges=10 ** 8, method="cells")
+        edges = _graph_edges(graph)
+        assert all((j, i) in edges for i, j in edges), delta
+        blocks = neighbours.ball_graph(x, delta, max_edges=10 ** 8, method="blocks")
+        assert edges == _graph_edges(blocks), delta
+
+
+def test_cells_graph_bad_arguments():
+    x = neighbours._centred(_clustered(300, 4))
+    with pytest.raises(ValueError, match="delta must be >= 0"):
+        neighbours.ball_graph(x, -0.5, max_edges=10 ** 6)
+    with pytest.raises(ValueError, match="cols_tile must be a multiple of 32"):
+        cells.ball_graph_cells(x, 0.5, max_edges=10 ** 6, cols_tile=100)
+    # The edge bound is checked per tile: at δ covering everything, far fewer edges
+    # than a row tile's (512 × 300) are built before the refusal.
+    with pytest.raises(ValueError, match=r"more than 10 edges \(already \d+ before row 300"):
+        cells.ball_graph_cells(x, 100.0, max_edges=10, rows_tile=512, cols_tile=32)
+
+
+def test_other_label_distance_negative_labels_and_query_forms():
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(50, 3)).astype(np.float32)
+    labels = rng.integers(-2, 2, 50)          # negative labels are labels like any other
+    d = np.sqrt(((x[:, None].astype(np.float64) - x[None]) ** 2).sum(-1))
+    other = np.where(labels[:, None] != labels[None], d, np.inf).min(1)
+    got = neighbours.nearest_other_label_distance
+    np.testing.assert_allclose(got(x, labels), other, rtol=1e-5)
+    np.testing.assert_allclose(got(x, labels, [-1, 0]), other[[49, 0]], rtol=1e-5)
+    mask = np.zeros(50, bool)
+    mask[[3, 30]] = True
+    np.testing.assert_allclose(got(x, labels, mask), other[[3, 30]], rtol=1e-5)
+
+
+def test_purity_sample_types():
+    assert ProbCover(purity_sample=np.int64(7)).purity_sample == 7
+    for bad in (True, 2.5, -3):
+        with pytest.raises(ValueError, match="purity_sample must be an int >= 1 or None"):
+            ProbCover(purity_sample=bad)

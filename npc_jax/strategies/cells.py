@@ -40,6 +40,9 @@ __all__ = ["Cells", "ball_graph_cells", "make_cells", "tree_order"]
 
 # Rows per assignment / reach call: (8192, K) float32 distances at a time.
 ASSIGN_ROWS = 8192
+# Full float32 products: a GPU's default TF32 dots would round distances by ≈ 2⁻¹¹ of
+# the squared norms, beyond the pruning margin (the CPU's default is this already).
+HIGHEST = jax.lax.Precision.HIGHEST
 
 
 class Cells(NamedTuple):
@@ -68,7 +71,7 @@ def _pad_rows(x: np.ndarray, multiple: int, fill: float = 0.0) -> np.ndarray:
 def _nearest(rows, centres, half_centres_sq):
     """(r,) index and Euclidean distance of each row's nearest centre: the argmin of
     ‖c‖²/2 − x·c (one pass over the (r, K) block; padded centres carry +inf)."""
-    score = half_centres_sq[None, :] - rows @ centres.T
+    score = half_centres_sq[None, :] - jnp.dot(rows, centres.T, precision=HIGHEST)
     best = jnp.argmin(score, 1)
     low = jnp.take_along_axis(score, best[:, None], 1)[:, 0]
     return best, jnp.sqrt(jnp.maximum(jnp.sum(rows ** 2, 1) + 2.0 * low, 0.0))
@@ -156,7 +159,8 @@ def make_cells(x: np.ndarray, cell_size: int, seed: int = 0, lloyd_steps: int = 
 def _reach(rows, valid, centres, centres_sq, radii, reach):
     """(K,) bool: cells within `reach` of some valid row: ‖x − c‖ − r <= reach, compared
     squared (‖x − c‖² <= (r + reach)², no root over the (r, K) block)."""
-    sq = jnp.sum(rows ** 2, 1)[:, None] + centres_sq[None, :] - 2.0 * (rows @ centres.T)
+    sq = (jnp.sum(rows ** 2, 1)[:, None] + centres_sq[None, :]
+          - 2.0 * jnp.dot(rows, centres.T, precision=HIGHEST))
     near = sq <= ((radii + reach) ** 2)[None, :]
     return jnp.any(near & valid[:, None], 0)
 
@@ -172,7 +176,8 @@ def _ball_tile(rows, rows_sq, row_ids, points, points_sq, col_ids, sq_delta):
     padding). Packed because the host then reads 1/8 of a bool mask: np.nonzero over
     the sparse bool masks was a third of the time."""
     cols, cols_sq = points[col_ids], points_sq[col_ids]
-    sq = jnp.maximum(rows_sq[:, None] + cols_sq[None, :] - 2.0 * (rows @ cols.T), 0.0)
+    sq = jnp.maximum(rows_sq[:, None] + cols_sq[None, :]
+                     - 2.0 * jnp.dot(rows, cols.T, precision=HIGHEST), 0.0)
     sq = jnp.where(row_ids[:, None] == col_ids[None, :], 0.0, sq)
     inside = ((sq <= sq_delta) & (col_ids < points.shape[0])[None, :]
               & (row_ids >= 0)[:, None])
@@ -209,14 +214,23 @@ def ball_graph_cells(x: np.ndarray, delta: float, *, max_edges: int, cell_size: 
       original order, ascending, self loops included.
 
     Raises:
-      ValueError: more than `max_edges` edges (raised as soon as the count
-        passes the bound, before the lists are assembled).
+      ValueError: more than `max_edges` edges (checked after every tile, so at
+        most one tile's edges are held beyond the bound); delta < 0; a
+        cols_tile that is not a multiple of 32.
     """
     n, _ = x.shape
+    if not 0 <= delta:
+        raise ValueError(f"ball_graph_cells: delta must be >= 0, got {delta!r}.")
+    if cols_tile % 32:
+        raise ValueError(f"ball_graph_cells: cols_tile must be a multiple of 32 (the masks "
+                         f"are packed in 32-bit words), got {cols_tile}.")
     cells = make_cells(x, cell_size)
     points = x[cells.order]
-    points_sq = np.einsum("ij,ij->i", points, points)
-    points_dev, points_sq_dev = jnp.asarray(points), jnp.asarray(points_sq)
+    points_dev = jnp.asarray(points)
+    # One squared norm per point, used as a row and as a column alike: two computations
+    # (host and device) differ by an ulp, and a pair in that gap was kept one way only.
+    points_sq_dev = jnp.sum(points_dev ** 2, 1)
+    points_sq = np.asarray(points_sq_dev)
     centres = jnp.asarray(cells.centres)
     centres_sq = jnp.sum(centres ** 2, 1)
     radii = jnp.asarray(cells.radii)
@@ -231,25 +245,25 @@ def ball_graph_cells(x: np.ndarray, delta: float, *, max_edges: int, cell_size: 
     for start in range(0, n, rows_tile):
         stop = min(start + rows_tile, n)
         rows = jnp.asarray(_pad_rows(points[start:stop], rows_tile))
+        rows_sq = jnp.asarray(_pad_rows(points_sq[start:stop], rows_tile))
         valid = np.arange(rows_tile) < stop - start
         reached = np.asarray(_reach(rows, valid, centres, centres_sq, radii, reach))
         cols = _pad_rows(_ranges(cells.starts[:-1][reached], cells.starts[1:][reached]),
                          cols_tile, fill=n)
-        rows_sq = jnp.sum(rows ** 2, 1)
         row_ids = jnp.asarray(np.where(valid, np.arange(start, start + rows_tile), -1))
         tile_rows, tile_cols = [], []
         for c in range(0, len(cols), cols_tile):
             col_ids = cols[c:c + cols_tile]
             r, k = _set_bits(np.asarray(_ball_tile(rows, rows_sq, row_ids, points_dev,
                                                    points_sq_dev, col_ids, sq_delta)))
+            total += len(r)
+            if total > max_edges:   # checked per tile: at most one tile's edges over
+                raise ValueError(f"The δ-ball graph at delta={delta:g} has more than "
+                                 f"{max_edges} edges (already {total} before row {stop} of "
+                                 f"{n}); lower delta or raise max_edges (4 bytes per edge).")
             tile_rows.append(r)
             tile_cols.append(col_ids[k])
         r = np.concatenate(tile_rows)
-        total += len(r)
-        if total > max_edges:
-            raise ValueError(f"The δ-ball graph at delta={delta:g} has more than {max_edges} "
-                             f"edges (already {total} from {stop} of {n} rows); lower delta "
-                             "or raise max_edges (4 bytes per edge).")
         original_cols = cells.order[np.concatenate(tile_cols)]
         counts[start:stop] = np.bincount(r, minlength=stop - start)
         lists.append(original_cols[np.lexsort((original_cols, r))].astype(np.int32))

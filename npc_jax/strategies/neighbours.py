@@ -278,9 +278,9 @@ def _blocks(body, single, x, x_sq, extra, rows, n, starts, mesh):
 @jax.jit
 def _other_label_tile(rows, rows_sq, row_labels, cols, cols_sq, col_labels):
     """(r,) smallest squared distance of each row to a column of another label (padded
-    columns carry label -1 and +inf norms)."""
+    columns carry +inf squared norms, so they are never the nearest)."""
     sq = jnp.maximum(rows_sq[:, None] + cols_sq[None, :] - 2.0 * (rows @ cols.T), 0.0)
-    other = (row_labels[:, None] != col_labels[None, :]) & (col_labels >= 0)[None, :]
+    other = row_labels[:, None] != col_labels[None, :]
     return jnp.min(jnp.where(other, sq, jnp.inf), 1)
 
 
@@ -295,7 +295,7 @@ def _other_label_tiles(x: np.ndarray, labels: np.ndarray, query: np.ndarray) -> 
     padded[:n] = x
     sq = np.einsum("ij,ij->i", padded, padded)
     sq[n:] = np.inf
-    col_labels = np.full(n_pad, -1, np.int32)
+    col_labels = np.zeros(n_pad, np.int32)
     col_labels[:n] = labels
     tiles = [(jnp.asarray(padded[c:c + cols_tile]), jnp.asarray(sq[c:c + cols_tile]),
               jnp.asarray(col_labels[c:c + cols_tile])) for c in range(0, n_pad, cols_tile)]
@@ -321,17 +321,21 @@ def nearest_other_label_distance(x, labels, query=None) -> np.ndarray:
 
     Args:
       x: (N, d) float32.
-      labels: (N,) int >= 0 (e.g. k-means cluster ids).
-      query: optional (m,) row indices: the distances of those rows only (to
-        all N rows); None: every row.
+      labels: (N,) int (e.g. k-means cluster ids).
+      query: optional (m,) row indices (negative ones count from the end) or an
+        (N,) bool mask: the distances of those rows only (to all N rows); None:
+        every row.
 
     Returns:
       (m,) or (N,) float32.
+
+    One device computes the query rows only; with D > 1 devices every row is
+    computed (row blocks) and the query rows taken from them.
     """
     x = np.asarray(x, np.float32)
     labels = np.asarray(labels, np.int32)
     n = len(x)
-    query = np.arange(n) if query is None else np.asarray(query, np.int64)
+    query = np.arange(n) if query is None else np.arange(n)[np.asarray(query)]
     mesh = pool_mesh.mesh()
     if mesh is None:
         return _other_label_tiles(_centred(x), labels, query)
@@ -399,6 +403,8 @@ def ball_graph(x, delta: float, *, max_edges: int, method: str = "auto") -> Ball
     if method not in ("auto", "blocks", "cells"):
         raise ValueError(f"ball_graph: method must be 'auto', 'blocks' or 'cells', got "
                          f"{method!r}.")
+    if not delta >= 0:
+        raise ValueError(f"ball_graph: delta must be >= 0, got {delta!r}.")
     mesh = pool_mesh.mesh()
     if method == "cells" or (method == "auto" and mesh is None and len(x) >= CELLS_FROM):
         return BallGraph(*ball_graph_cells(_centred(x), delta, max_edges=max_edges))

@@ -234,11 +234,12 @@ class ProbCover:
         self.embedding, self.embed_fn, self.delta = embedding, embed_fn, delta
         self.alpha, self.deltas, self.num_clusters = float(alpha), deltas, num_clusters
         self.normalize, self.max_edges, self.kmeans_iter = bool(normalize), int(max_edges), kmeans_iter
-        if purity_sample is not None and not (isinstance(purity_sample, int)
-                                              and purity_sample >= 1):
+        if purity_sample is not None and (isinstance(purity_sample, bool)
+                                          or not isinstance(purity_sample, (int, np.integer))
+                                          or purity_sample < 1):
             raise ValueError(f"probcover: purity_sample must be an int >= 1 or None, got "
                              f"{purity_sample!r}.")
-        self.purity_sample = purity_sample
+        self.purity_sample = None if purity_sample is None else int(purity_sample)
 
     def choose_delta(self, key: jax.Array, z: np.ndarray, num_classes: int) -> tuple[float, dict]:
         """δ and how it was chosen (given, or the purity rule on k-means clusters)."""
