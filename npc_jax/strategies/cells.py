@@ -20,9 +20,11 @@ pool (memory-bound; ≈ 8 h on 2 cores, BENCHMARKS P7). Here:
    (rows_tile, cols_tile) tiles gathered on the device (one executable for
    every tile), with the points of the cells any of its rows can reach.
 
-The result is the same graph as the row-block path (the same squared-distance
-formula on the same centred float32 rows, self loops exactly 0; neighbour
-lists ascending in the original order). The work is the reachable pairs
+The result is the row-block path's graph (the same squared-distance formula
+on the same centred float32 rows and norms, self loops exactly 0; neighbour
+lists ascending in the original order), symmetric, up to pairs whose distance
+lies within float32 rounding of δ (e.g. distinct duplicates at δ = 0), which
+either path may keep or drop as its products' shapes round. The work is the reachable pairs
 only: on the synthetic 128-d embedding of BENCHMARKS P7 at δ = 0.2, 23.5 % of
 N² at 200k points (a 1M pool: its graph 490 s instead of ≈ 4 h). Memory: the pool once on the device, (K, d) centres,
 one tile, and the edges (4 bytes each, twice while the lists are put in the
