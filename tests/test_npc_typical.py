@@ -44,6 +44,7 @@ def test_batches_come_from_the_densest_fraction():
     assert set(got.indices) <= set(expected)
     assert got.objective["typical_points"] == len(expected)
     assert got.objective["candidates"] == "typical" and got.objective["typical_fraction"] == 0.3
+    assert got.objective["typicality_k"] == 20 and got.objective["embedding"] == "auto"
     assert tight[got.indices].mean() > 0.9          # the tight groups are the typical ones
     # The same search as NPC's over those candidates, the same draws.
     batches = candidate_batches(KEY, pool, 50, 6, expected)
@@ -69,6 +70,8 @@ def test_bad_options_and_too_few_typical_points():
         make_strategy("npc_typical", typical_fraction=0.0)
     with pytest.raises(ValueError, match="typicality_k must be an int >= 1"):
         make_strategy("npc_typical", typicality_k=0)
+    with pytest.raises(ValueError, match="typicality_k must be an int >= 1"):
+        make_strategy("npc_typical", typicality_k=True)
     with pytest.raises(ValueError, match="only 2 unlabeled typical points for a batch of 3"):
         make_strategy("npc_typical", typical_fraction=0.007, kernel_fn=KERNEL).select(
             KEY, _ctx(z), Pool(300, ()), 3)

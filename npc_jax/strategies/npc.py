@@ -137,7 +137,8 @@ class NPC(KernelSearch):
         if not 0 < typical_fraction <= 1:
             raise ValueError(f"npc: typical_fraction must lie in (0, 1], got "
                              f"{typical_fraction!r}.")
-        if not (isinstance(typicality_k, int) and typicality_k >= 1):
+        if isinstance(typicality_k, bool) or not (isinstance(typicality_k, int)
+                                                  and typicality_k >= 1):
             raise ValueError(f"npc: typicality_k must be an int >= 1, got {typicality_k!r}.")
         if embedding not in EMBEDDING_SOURCES:
             raise ValueError(f"npc: embedding must be one of {EMBEDDING_SOURCES}, got "
@@ -182,7 +183,8 @@ class NPC(KernelSearch):
         result = self.search(key, self.make_kernel(ctx), pool, q, candidates=candidates)
         return Acquisition(result.indices, {
             **result.objective, **self.description, "candidates": "typical",
-            "typical_fraction": self.typical_fraction, "typical_points": int(len(candidates))})
+            "typical_fraction": self.typical_fraction, "typicality_k": self.typicality_k,
+            "embedding": self.embedding, "typical_points": int(len(candidates))})
 
 
 class NPCEmbed(KernelSearch):
