@@ -512,14 +512,33 @@ def acquired_class_counts(records: Sequence[RoundRecord]
     return names, np.array(counts, dtype=float), num_seeds
 
 
+def knn_sparsity(z: np.ndarray, k: int, block_rows: int = 512) -> np.ndarray:
+    """(N,) the sum of each row's k + 1 smallest Euclidean distances to the rows of z
+    (N, d), itself included at 0, over k: TypiClust's inverse typicality, in numpy row
+    blocks ((block_rows, N) at a time; the report stays below the strategies' layer)."""
+    z = np.asarray(z, np.float32)
+    if not 1 <= k < len(z):
+        raise ValueError(f"knn_sparsity: k = {k} needs 1 <= k < N = {len(z)}.")
+    sq = np.einsum("ij,ij->i", z, z)
+    out = np.empty(len(z), np.float32)
+    for start in range(0, len(z), block_rows):
+        block = z[start:start + block_rows]
+        dist = np.maximum(sq[start:start + block_rows, None] + sq[None, :] - 2.0 * block @ z.T,
+                          0.0)
+        dist[np.arange(len(block)), start + np.arange(len(block))] = 0.0
+        smallest = np.sort(np.partition(dist, k, axis=1)[:, :k + 1], axis=1)
+        out[start:start + len(block)] = np.sqrt(smallest).sum(1) / k
+    return out
+
+
 def acquired_typicality(records: Sequence[RoundRecord], embedding: np.ndarray,
                         k: int = 20) -> dict[Row, dict]:
     """Where each row's acquired points lie in a pool embedding (e.g. the pretraining's).
 
     Rows of the embedding are scaled to unit norm; a point's sparsity is its mean
-    distance to its k nearest pool points (`neighbours.knn_mean_distance`, TypiClust's
-    inverse typicality), ranked over the pool as a percentile: 0 = the densest pool
-    point, 1 = the sparsest. A seed's acquired points are its labels at the row's last
+    distance to its k nearest pool points (`knn_sparsity`, TypiClust's inverse
+    typicality), ranked over the pool as a percentile: 0 = the densest pool point,
+    1 = the sparsest. A seed's acquired points are its labels at the row's last
     round reached by all its seeds minus round 0's (as `acquired_class_counts`).
 
     Args:
@@ -537,14 +556,12 @@ def acquired_typicality(records: Sequence[RoundRecord], embedding: np.ndarray,
     Raises:
       ValueError: an index outside the embedding, or a non-finite embedding.
     """
-    from npc_jax.strategies import neighbours
-
     z = np.asarray(embedding, np.float32)
     if z.ndim != 2 or not np.all(np.isfinite(z)):
         raise ValueError(f"The embedding must be a finite (N, d) array, got shape {z.shape}"
                          f"{'' if np.all(np.isfinite(z)) else ' with NaN or inf'}.")
     z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), np.finfo(np.float32).tiny)
-    sparsity = neighbours.knn_mean_distance(z, k)
+    sparsity = knn_sparsity(z, k)
     percentile = np.argsort(np.argsort(sparsity, kind="stable"), kind="stable") / (len(z) - 1)
     grouped = _by_row_seed(records)
     out = {}
@@ -585,12 +602,15 @@ def _typicality_section(typicality: Mapping[Row, dict] | None) -> list[str]:
              "densest point, 1 = the sparsest; uniform draws: ≈ 0.5), their share in the "
              "sparsest 10 % (uniform: 0.10), and the mean distance from each to the "
              "nearest other acquired point (unit-norm rows); mean ± std over seeds.", ""]
+    def cell(stat: Stat, digits: int) -> str:   # no std from one seed
+        spread = f"{stat.std:.{digits}f}" if stat.n > 1 else "—"
+        return f"{stat.mean:.{digits}f} ± {spread}"
+
     lines += _table(["", "median percentile", "in the sparsest 10 %", "distance to the "
                      "nearest other pick", "acquired", "seeds"],
-                    ([row_name(row), f"{t['percentile'].mean:.2f} ± {t['percentile'].std:.2f}",
-                      f"{t['sparsest'].mean:.2f} ± {t['sparsest'].std:.2f}",
-                      f"{t['spread'].mean:.3f} ± {t['spread'].std:.3f}", str(t["acquired"]),
-                      str(t["percentile"].n)] for row, t in typicality.items()), 1)
+                    ([row_name(row), cell(t["percentile"], 2), cell(t["sparsest"], 2),
+                      cell(t["spread"], 3), str(t["acquired"]), str(t["percentile"].n)]
+                     for row, t in typicality.items()), 1)
     return lines + [""]
 
 

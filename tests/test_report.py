@@ -525,3 +525,11 @@ def test_report_cli_with_an_embedding(tmp_path):
     with pytest.raises(SystemExit, match="error: .*missing.npy"):
         _cli().main([str(tmp_path / "run"), "--out", str(tmp_path / "out"),
                      "--embedding", str(tmp_path / "missing.npy")])
+
+
+def test_knn_sparsity_matches_brute_force():
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(700, 6)).astype(np.float32)
+    d = np.sqrt(((z[:, None].astype(np.float64) - z[None]) ** 2).sum(-1))
+    expected = np.sort(d, 1)[:, :6].sum(1) / 5
+    np.testing.assert_allclose(report.knn_sparsity(z, 5, block_rows=128), expected, rtol=1e-4)
