@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Cells", "ball_graph_cells", "make_cells", "tree_order"]
+__all__ = ["Cells", "ball_graph_cells", "concat_ranges", "make_cells", "tree_order"]
 
 # Rows per assignment / reach call: (8192, K) float32 distances at a time.
 ASSIGN_ROWS = 8192
@@ -197,8 +197,9 @@ def _set_bits(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return r[which], 32 * k[which] + bit
 
 
-def _ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
-    """The concatenation of arange(starts[i], stops[i]) (int64)."""
+def concat_ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """The concatenation of arange(starts[i], stops[i]) (int64), without a Python loop:
+    a cell's points in the sorted order, a row's slots in a CSR array."""
     lengths = stops - starts
     total = int(lengths.sum())
     if total == 0:
@@ -250,7 +251,7 @@ def ball_graph_cells(x: np.ndarray, delta: float, *, max_edges: int, cell_size: 
         rows_sq = jnp.asarray(_pad_rows(points_sq[start:stop], rows_tile))
         valid = np.arange(rows_tile) < stop - start
         reached = np.asarray(_reach(rows, valid, centres, centres_sq, radii, reach))
-        cols = _pad_rows(_ranges(cells.starts[:-1][reached], cells.starts[1:][reached]),
+        cols = _pad_rows(concat_ranges(cells.starts[:-1][reached], cells.starts[1:][reached]),
                          cols_tile, fill=n)
         row_ids = jnp.asarray(np.where(valid, np.arange(start, start + rows_tile), -1))
         tile_rows, tile_cols = [], []
@@ -278,8 +279,6 @@ def ball_graph_cells(x: np.ndarray, delta: float, *, max_edges: int, cell_size: 
         part = lists[start // rows_tile]
         lists[start // rows_tile] = None
         stop = min(start + rows_tile, n)
-        lengths = counts[start:stop]
-        first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        indices[np.repeat(indptr[cells.order[start:stop]] - first, lengths)
-                + np.arange(len(part))] = part
+        owners = cells.order[start:stop]
+        indices[concat_ranges(indptr[owners], indptr[owners] + counts[start:stop])] = part
     return indptr, indices

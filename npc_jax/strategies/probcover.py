@@ -51,6 +51,7 @@ import numpy as np
 from npc_jax.data import Pool
 from npc_jax.inference import numpy_rng
 from npc_jax.strategies.base import Acquisition, AcquisitionContext, check_query
+from npc_jax.strategies.cells import concat_ranges
 from npc_jax.strategies.coreset import min_sq_distances
 from npc_jax.strategies.embedding import pool_embedding
 from npc_jax.strategies.kmeans import kmeans
@@ -106,12 +107,8 @@ def purity_delta(z: np.ndarray, clusters: np.ndarray, deltas, alpha: float,
 
 def _gather(graph: BallGraph, rows: np.ndarray) -> np.ndarray:
     """The concatenated neighbour lists of `rows` (int64)."""
-    starts, stops = graph.indptr[rows], graph.indptr[rows + 1]
-    lengths = stops - starts
-    if lengths.sum() == 0:
-        return np.zeros((0,), np.int64)
-    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-    return graph.indices[offsets + np.arange(lengths.sum())].astype(np.int64)
+    return graph.indices[concat_ranges(graph.indptr[rows], graph.indptr[rows + 1])
+                         ].astype(np.int64)
 
 
 def _cover(graph: BallGraph, rows, uncovered: np.ndarray, gains: np.ndarray) -> int:
