@@ -67,22 +67,26 @@ Typed parts: `RandomBatches` (num, mean, std, quantiles {"0.0" … "1.0"} of
 the m random candidate batches' λ_min); `Pretraining` (key, method, steps,
 seed); `InitialTrainings` (criterion, chosen, test_accuracies,
 train_seconds). Objectives, matched by their exact key set
-(`parse_objective`); an objective of any other shape stays a `FrozenDict`:
+(`parse_objective`); an objective of any other shape stays a `FrozenDict`
+(a field marked ? is written only when not None):
 
-* `NPCObjective` (npc, npc_probs, npc_full, npc_norm): lambda_min,
-  random_batches, kernel, output, normalize.
+* `NPCObjective` (npc, npc_probs, npc_full, npc_norm, npc_typical):
+  lambda_min, random_batches, kernel, output, normalize, candidates?,
+  typical_fraction?, typicality_k?, embedding?, typical_points?.
 * `NPCSearchObjective` (npc_search): lambda_min, start_lambda_min,
   swaps_accepted, kernel, output, normalize, random_batches?,
-  greedy_lambda_min? (? = written only when not None).
+  greedy_lambda_min?.
 * `NPCInfiniteObjective` (npc_infinite): lambda_min, random_batches, kernel,
   architecture, normalize, score_seconds.
+* `NPCEmbedObjective` (npc_embed): lambda_min, random_batches, kernel,
+  embedding, normalize.
 * `UncertaintyObjective` (margin, entropy, least_confidence): score,
   mean_score, min_score, pool_mean_score.
 * `CoresetObjective`: distance, radius_before, radius_after.
 * `BadgeObjective`: first_sq_norm, mean_sq_distance_drawn.
 * `ALBLObjective`: arm, arm_probabilities, reward, overlap_least_confidence_coreset.
 
-The three NPC objectives are `LambdaMinObjective`s (lambda_min: float,
+The four NPC objectives are `LambdaMinObjective`s (lambda_min: float,
 random_batches: RandomBatches | None).
 
 Versions and checks. Records without ``schema_version`` are version 0 (the
@@ -119,6 +123,7 @@ __all__ = [
     "InitialTrainings",
     "LambdaMinObjective",
     "NPCInfiniteObjective",
+    "NPCEmbedObjective",
     "NPCObjective",
     "NPCSearchObjective",
     "Objective",
@@ -359,11 +364,32 @@ class LambdaMinObjective(Objective):
 
 @_frozen
 class NPCObjective(LambdaMinObjective):
-    """NPC by random batches (npc, npc_probs, npc_full, npc_norm)."""
+    """NPC by random batches (npc, npc_probs, npc_full, npc_norm, npc_typical).
+
+    The last five fields are written only when the candidates were the
+    typical points (``candidates="typical"``, npc_typical).
+    """
+    _OMIT_NONE = frozenset({"candidates", "typical_fraction", "typicality_k", "embedding",
+                            "typical_points"})
     lambda_min: float = _field(_float)
     random_batches: RandomBatches = _field(_typed(RandomBatches))
     kernel: str = _field(_str)             # "last" | "full"
     output: str = _field(_str)             # "logits" | "probs"
+    normalize: bool = _field(_bool)
+    candidates: str | None = _field(_optional(_str), default=None)          # "typical"
+    typical_fraction: float | None = _field(_optional(_float), default=None)
+    typicality_k: int | None = _field(_optional(_int), default=None)
+    embedding: str | None = _field(_optional(_str), default=None)   # of the typicality
+    typical_points: int | None = _field(_optional(_int), default=None)  # unlabeled, searched
+
+
+@_frozen
+class NPCEmbedObjective(LambdaMinObjective):
+    """npc_embed: NPC's random search with the cosine kernel of the pool embedding."""
+    lambda_min: float = _field(_float)
+    random_batches: RandomBatches = _field(_typed(RandomBatches))
+    kernel: str = _field(_str)             # "embedding"
+    embedding: str = _field(_str)          # "auto" | "pretrained" | "features" | "embed_fn"
     normalize: bool = _field(_bool)
 
 
@@ -425,8 +451,8 @@ class ALBLObjective(Objective):
     overlap_least_confidence_coreset: int = _field(_int)
 
 
-OBJECTIVE_TYPES = (NPCObjective, NPCSearchObjective, NPCInfiniteObjective, UncertaintyObjective,
-                   CoresetObjective, BadgeObjective, ALBLObjective)
+OBJECTIVE_TYPES = (NPCObjective, NPCSearchObjective, NPCInfiniteObjective, NPCEmbedObjective,
+                   UncertaintyObjective, CoresetObjective, BadgeObjective, ALBLObjective)
 
 
 def parse_objective(value: Any, where: str = "objective") -> Objective | FrozenDict | None:

@@ -11,7 +11,7 @@ import pytest
 
 from npc_jax.data import Pool
 from npc_jax.models import get_model
-from npc_jax.records import NPCObjective, parse_objective
+from npc_jax.records import LambdaMinObjective, NPCEmbedObjective, parse_objective
 from npc_jax.strategies import AcquisitionContext, kernels, make_strategy
 from npc_jax.strategies.search import candidate_batches
 
@@ -92,13 +92,17 @@ def test_the_embedding_sources_are_those_of_the_peers():
     np.testing.assert_allclose(rep, kernels.unit_rows(z[:12]), rtol=1e-6)
 
 
-def test_objective_is_json_and_not_npc_s():
+def test_objective_is_json_and_typed():
     z = np.random.default_rng(0).normal(size=(30, 8))
     acq = make_strategy("npc_embed", num_candidates=20).select(KEY, _ctx(z), Pool(30, (4,)), 2)
     objective = json.loads(json.dumps(acq.objective))
     assert objective["kernel"] == "embedding" and objective["normalize"] is True
     parsed = parse_objective(objective)
-    assert not isinstance(parsed, NPCObjective) and parsed["lambda_min"] > 0
+    # Typed, so the report's λ_min table compares it with the other NPC kernels.
+    assert isinstance(parsed, NPCEmbedObjective) and isinstance(parsed, LambdaMinObjective)
+    assert parsed.embedding == "auto" and parsed.lambda_min > 0
+    assert parsed.lambda_min == parsed.random_batches.quantile(1.0)
+    assert parsed.to_json() == objective
 
 
 def test_bad_inputs():

@@ -1,11 +1,13 @@
 """npc_typical: NPC's random search restricted to the typical points of the pool embedding."""
 import functools
+import json
 
 import jax
 import numpy as np
 import pytest
 
 from npc_jax.data import Pool
+from npc_jax.records import NPCObjective, parse_objective
 from npc_jax.strategies import AcquisitionContext, kernels, make_strategy
 from npc_jax.strategies.neighbours import knn_mean_distance
 from npc_jax.strategies.search import candidate_batches
@@ -46,6 +48,9 @@ def test_batches_come_from_the_densest_fraction():
     assert got.objective["candidates"] == "typical" and got.objective["typical_fraction"] == 0.3
     assert got.objective["typicality_k"] == 20 and got.objective["embedding"] == "auto"
     assert tight[got.indices].mean() > 0.9          # the tight groups are the typical ones
+    parsed = parse_objective(json.loads(json.dumps(got.objective)))
+    assert isinstance(parsed, NPCObjective) and parsed.candidates == "typical"
+    assert parsed.typical_points == len(expected) and parsed.to_json() == got.objective
     # The same search as NPC's over those candidates, the same draws.
     batches = candidate_batches(KEY, pool, 50, 6, expected)
     assert any(np.array_equal(got.indices, b) for b in batches)
@@ -60,6 +65,8 @@ def test_all_points_typical_is_npc():
                                                                              pool, 5)
     np.testing.assert_array_equal(everything.indices, plain.indices)
     assert everything.objective["lambda_min"] == plain.objective["lambda_min"]
+    plain_parsed = parse_objective(plain.objective)   # the typical fields are not written
+    assert plain_parsed.candidates is None and "candidates" not in plain_parsed.to_json()
 
 
 def test_bad_options_and_too_few_typical_points():

@@ -195,6 +195,13 @@ def _human(**overrides):
     {"lambda_min": 0.5, "random_batches": {"num": 1, "mean": 0.5, "std": 0.0,
                                            "quantiles": {"0.5": 0.5}},
      "kernel": "analytic", "architecture": "mlp", "normalize": False, "score_seconds": 1.5},
+    {"lambda_min": 0.5, "random_batches": {"num": 1, "mean": 0.5, "std": 0.0,
+                                           "quantiles": {"0.5": 0.5}},
+     "kernel": "embedding", "embedding": "pretrained", "normalize": True},
+    {"lambda_min": 0.5, "random_batches": {"num": 1, "mean": 0.5, "std": 0.0,
+                                           "quantiles": {"0.5": 0.5}},
+     "kernel": "last", "output": "logits", "normalize": False, "candidates": "typical",
+     "typical_fraction": 0.2, "typicality_k": 20, "embedding": "auto", "typical_points": 99},
     {"score": "margin", "mean_score": 0.5, "min_score": 0.25, "pool_mean_score": 0.125},
     {"distance": "euclidean", "radius_before": 2.0, "radius_after": 1.0},
     {"first_sq_norm": 4.0, "mean_sq_distance_drawn": None},
@@ -219,6 +226,10 @@ def test_objectives_are_typed_or_kept_as_a_frozen_dict():
                                       "output": "logits", "normalize": False})
     assert isinstance(search, records.NPCSearchObjective) and search.random_batches is None
     assert "random_batches" not in search.to_json()        # written only when recorded
+    embed = records.parse_objective({**{k: v for k, v in _loop_dict()["objective"].items()
+                                        if k != "output"},
+                                     "kernel": "embedding", "embedding": "auto"})
+    assert isinstance(embed, records.NPCEmbedObjective) and embed.embedding == "auto"
     other = records.parse_objective({"lambda_min": 0.5})   # no known objective's key set
     assert isinstance(other, records.FrozenDict) and other == {"lambda_min": 0.5}
     with pytest.raises(storage.RecordsError, match=r"NPCObjective.lambda_min must be a number"):
