@@ -11,6 +11,7 @@ mixed, and writes into ``out_dir``:
   label_iou.{png,svg}     pairwise IoU of the acquired label sets (the paper's Fig. 1)
   class_counts.{png,svg}  classes of the acquired labels, uniform level marked
   lambda_min.{png,svg}    NPC: the chosen batch's λ_min vs the random candidates
+  typicality.{png,svg}    with an embedding: AUC vs where the picks lie in it
 
 A row is a (mode, strategy) pair, the mode saying how the run started as well
 as how it trained (`report_modes`): "assl" / "asl" for a warm start (round 0
@@ -62,6 +63,7 @@ __all__ = [
     "plot_class_counts",
     "plot_label_iou",
     "plot_lambda_min",
+    "plot_typicality",
     "report_markdown",
     "report_modes",
     "row_name",
@@ -593,7 +595,7 @@ def acquired_typicality(records: Sequence[RoundRecord], embedding: np.ndarray,
     return out
 
 
-def _typicality_section(typicality: Mapping[Row, dict] | None) -> list[str]:
+def _typicality_section(typicality: Mapping[Row, dict] | None, summary: dict) -> list[str]:
     if not typicality:
         return []
     lines = ["## Where the acquired points lie in the embedding", "",
@@ -601,15 +603,21 @@ def _typicality_section(typicality: Mapping[Row, dict] | None) -> list[str]:
              "embedding (mean distance to the 20 nearest pool points, ranked: 0 = the "
              "densest point, 1 = the sparsest; uniform draws: ≈ 0.5), their share in the "
              "sparsest 10 % (uniform: 0.10), and the mean distance from each to the "
-             "nearest other acquired point (unit-norm rows); mean ± std over seeds.", ""]
+             "nearest other acquired point (unit-norm rows); mean ± std over seeds. AUC: "
+             "the accuracy table's, for comparison.", ""]
     def cell(stat: Stat, digits: int) -> str:   # no std from one seed
+        if stat.n == 0:
+            return "—"
         spread = f"{stat.std:.{digits}f}" if stat.n > 1 else "—"
         return f"{stat.mean:.{digits}f} ± {spread}"
 
+    no_auc = Stat(math.nan, math.nan, 0)
     lines += _table(["", "median percentile", "in the sparsest 10 %", "distance to the "
-                     "nearest other pick", "acquired", "seeds"],
+                     "nearest other pick", "AUC", "acquired", "seeds"],
                     ([row_name(row), cell(t["percentile"], 2), cell(t["sparsest"], 2),
-                      cell(t["spread"], 3), str(t["acquired"]), str(t["percentile"].n)]
+                      cell(t["spread"], 3),
+                      cell(summary["rows"].get(row, {}).get("auc", no_auc), 2),
+                      str(t["acquired"]), str(t["percentile"].n)]
                      for row, t in typicality.items()), 1)
     return lines + [""]
 
@@ -740,7 +748,7 @@ def report_markdown(records: Sequence[RoundRecord], sources: Sequence[str] = (),
                     ([row_name(a), *("—" if math.isnan(v) else f"{v:.2f}" for v in line)]
                      for a, line in zip(names, iou)), 1)
     lines += _class_counts_section(records)
-    lines += _typicality_section(typicality)
+    lines += _typicality_section(typicality, summary)
     lines += _lambda_min_section(records)
     lines += _cost_section(records)
     if figures:
@@ -1062,6 +1070,33 @@ def plot_lambda_min(rounds: Mapping[Row, list[dict]], stem: Path) -> list[Path]:
     return _save(fig, stem)
 
 
+def plot_typicality(typicality: Mapping[Row, dict], summary: dict, stem: Path) -> list[Path]:
+    """AUC against the acquired points' median sparsity percentile, a point per row
+    (mean ± std over seeds on both axes), a panel per mode: where in the
+    embedding each strategy's labels lie, and what they were worth."""
+    rows = [row for row in typicality
+            if summary["rows"].get(row) and summary["rows"][row]["auc"].n]
+    modes = list(dict.fromkeys(mode for mode, _ in rows))
+    colors = _strategy_colors(summary["rows"])     # as in the accuracy figure
+    fig, axes = _panels(max(len(modes), 1), 3, (5.5, 4.2), sharey=True)
+    for ax, mode in zip(axes.flat, modes):
+        for row in (r for r in rows if r[0] == mode):
+            x, y = typicality[row]["percentile"], summary["rows"][row]["auc"]
+            ax.errorbar(x.mean, y.mean, xerr=0.0 if math.isnan(x.std) else x.std,
+                        yerr=0.0 if math.isnan(y.std) else y.std, marker="o", capsize=3,
+                        color=colors[row[1]])
+            ax.annotate(row[1], (x.mean, y.mean), textcoords="offset points", xytext=(4, 4),
+                        fontsize=8)
+        ax.axvline(0.5, color="tab:gray", ls=":", lw=1)   # uniform draws' median
+        ax.set_xlim(0.0, 1.0)
+        ax.set_title(MODE_TITLES.get(mode, mode))
+        ax.set_xlabel("median sparsity percentile of the picks (0 = densest)")
+        ax.grid(alpha=0.3)
+    axes.flat[0].set_ylabel("AUC (%), mean ± std over seeds")
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
 def _read_runs(paths: Sequence[str | os.PathLike]) -> list[RoundRecord]:
     """`read_records` of `paths`, one .jsonl file at a time, duplicates refused by row.
 
@@ -1130,6 +1165,8 @@ def write_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         written += plot_lambda_min(lam, out_dir / "lambda_min")
     markdown = out_dir / "report.md"
     typicality = None if embedding is None else acquired_typicality(records, embedding)
+    if typicality and any(r.test_accuracy is not None for r in records):
+        written += plot_typicality(typicality, summarize(records), out_dir / "typicality")
     markdown.write_text(report_markdown(records, list(map(str, paths)),
                                         [p.name for p in written if p.suffix == ".png"],
                                         typicality),

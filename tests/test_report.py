@@ -522,6 +522,12 @@ def test_report_cli_with_an_embedding(tmp_path):
     text = (tmp_path / "out" / "report.md").read_text()
     assert "## Where the acquired points lie in the embedding" in text
     assert re.search(r"\| sparse \(ASSL\) \| 0\.9\d ± 0\.0\d \| 1\.00 ± 0\.00 \|", text)
+    auc = report.summarize(_typicality_runs())["rows"][("assl", "sparse")]["auc"]
+    section = text.split("## Where the acquired points lie in the embedding")[1].split("##")[0]
+    sparse_line = next(line for line in section.splitlines() if line.startswith("| sparse"))
+    assert sparse_line.endswith(f"| {auc.mean:.2f} ± {auc.std:.2f} | 3 | 2 |")
+    assert (tmp_path / "out" / "typicality.png").stat().st_size > 0
+    assert "![typicality](typicality.png)" in text
     with pytest.raises(SystemExit, match="error: .*missing.npy"):
         _cli().main([str(tmp_path / "run"), "--out", str(tmp_path / "out"),
                      "--embedding", str(tmp_path / "missing.npy")])
