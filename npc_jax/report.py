@@ -1153,8 +1153,10 @@ def write_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                          "figures.")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    if any(r.test_accuracy is not None for r in records):   # else: no test split
-        written += plot_accuracy_curves(summarize(records), out_dir / "accuracy")
+    # No test split: no accuracy, so neither figure that plots it.
+    summary = summarize(records) if any(r.test_accuracy is not None for r in records) else None
+    if summary:
+        written += plot_accuracy_curves(summary, out_dir / "accuracy")
     names, iou = label_set_iou(records)
     written += plot_label_iou(names, iou, out_dir / "label_iou")
     names, counts, num_seeds = acquired_class_counts(records)
@@ -1165,8 +1167,8 @@ def write_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         written += plot_lambda_min(lam, out_dir / "lambda_min")
     markdown = out_dir / "report.md"
     typicality = None if embedding is None else acquired_typicality(records, embedding)
-    if typicality and any(r.test_accuracy is not None for r in records):
-        written += plot_typicality(typicality, summarize(records), out_dir / "typicality")
+    if typicality and summary:
+        written += plot_typicality(typicality, summary, out_dir / "typicality")
     markdown.write_text(report_markdown(records, list(map(str, paths)),
                                         [p.name for p in written if p.suffix == ".png"],
                                         typicality),
