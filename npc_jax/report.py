@@ -5,7 +5,8 @@ through `npc_jax.records.read_records`) of any number of runs, ASSL and ASL
 mixed, and writes into ``out_dir``:
 
   report.md          accuracy table (the paper's layout), paired statistics (95 %
-                     paired-t intervals, Wilcoxon p) to passive and to the best
+                     paired-t intervals, Wilcoxon p; per label count and of the
+                     AUC, Holm-adjusted over the rows) to passive and to the best
                      peer, the cold-start table, the tables below, the cost table
   accuracy.{png,svg}      accuracy vs labels, mean ± std over seeds, a panel per mode
   label_iou.{png,svg}     pairwise IoU of the acquired label sets (the paper's Fig. 1)
@@ -51,6 +52,7 @@ __all__ = [
     "best_peers",
     "cold_start_summary",
     "cost_summary",
+    "holm",
     "label_set_iou",
     "lambda_min_rounds",
     "mean_std",
@@ -279,16 +281,18 @@ def paired_differences(records: Sequence[RoundRecord], baseline: str = "passive"
 
 
 class PairedStat(NamedTuple):
-    """Paired differences of one label count: mean, sample std and n over the common
-    seeds, the `confidence` paired-t interval [low, high] of the mean (nan when
-    n < 2), and the two-sided Wilcoxon signed-rank p-value (nan when n < 2 or every
-    difference is 0)."""
+    """Paired differences of one label count (or of the AUC): mean, sample std and n
+    over the common seeds, the `confidence` paired-t interval [low, high] of the mean
+    (nan when n < 2), the two-sided Wilcoxon signed-rank p-value (nan when n < 2 or
+    every difference is 0), and the two-sided paired t-test's p-value t_p (nan when
+    n < 2): the interval excludes 0 exactly when t_p < 1 - confidence."""
     mean: float
     std: float
     n: int
     low: float
     high: float
     p: float
+    t_p: float = math.nan
 
 
 def paired_test(differences: Iterable[float], confidence: float = 0.95) -> PairedStat:
@@ -301,24 +305,68 @@ def paired_test(differences: Iterable[float], confidence: float = 0.95) -> Paire
     """
     d = np.asarray(list(differences), dtype=float)
     stat = mean_std(d)
-    low = high = p = math.nan
+    low = high = p = t_p = math.nan
     if stat.n >= 2:
         half = float(scipy.stats.t.ppf(0.5 + confidence / 2, stat.n - 1)) * stat.std
         half /= math.sqrt(stat.n)
         low, high = stat.mean - half, stat.mean + half
+        if stat.std > 0:
+            t_p = float(2.0 * scipy.stats.t.sf(abs(stat.mean) / (stat.std / math.sqrt(stat.n)),
+                                               stat.n - 1))
+        else:   # equal differences: the interval is the point itself
+            t_p = 1.0 if stat.mean == 0 else 0.0
         if np.any(np.round(d, 9) != 0):
             with warnings.catch_warnings():   # ties: the normal approximation, said once
                 warnings.simplefilter("ignore")
                 p = float(scipy.stats.wilcoxon(np.round(d, 9), alternative="two-sided").pvalue)
-    return PairedStat(stat.mean, stat.std, stat.n, low, high, p)
+    return PairedStat(stat.mean, stat.std, stat.n, low, high, p, t_p)
 
 
-def _paired_row(grouped, row: Row, base: Row, above: int, confidence: float) -> dict:
+def holm(p_values: Mapping) -> dict:
+    """Holm's step-down adjustment of a family of p-values: {key: adjusted p}.
+
+    The m finite p-values sorted ascending, p_(i) becomes max_{j <= i} min(1,
+    (m - j + 1) p_(j)); rejecting where the adjusted p < alpha keeps the
+    family-wise error rate at alpha. Non-finite p-values stay nan and do not
+    count in m.
+    """
+    finite = sorted(((p, key) for key, p in p_values.items() if math.isfinite(p)),
+                    key=lambda pair: pair[0])
+    adjusted, running = {key: math.nan for key in p_values}, 0.0
+    for i, (p, key) in enumerate(finite):
+        running = max(running, min(1.0, (len(finite) - i) * p))
+        adjusted[key] = running
+    return adjusted
+
+
+def _auc_differences(grouped, row: Row, base: Row, counts: Sequence[int]) -> list[float]:
+    """[row's AUC - base's, per common seed whose two curves have every count]."""
+    mine, theirs = grouped[row], grouped[base]
+    out = []
+    for seed in sorted(set(mine) & set(theirs)):
+        a, b = _accuracies(mine[seed]), _accuracies(theirs[seed])
+        if counts and all(n in a and n in b for n in counts):
+            out.append(auc(a, counts) - auc(b, counts))
+    return out
+
+
+def _paired_row(grouped, row: Row, base: Row, above: int, auc_counts: Sequence[int],
+                confidence: float) -> dict:
     counts = {n: paired_test(d, confidence)
               for n, d in _differences(grouped, row, base, above).items()}
     return {"baseline": base, "counts": counts,
+            "auc": paired_test(_auc_differences(grouped, row, base, auc_counts), confidence),
             "wins": sum(s.low > 0 for s in counts.values()),
             "losses": sum(s.high < 0 for s in counts.values())}
+
+
+def _with_holm(rows: dict) -> dict:
+    """Adds "auc_holm" to every row: its AUC t-test p Holm-adjusted over its mode's rows."""
+    for mode in {m for m, _ in rows}:
+        family = {row: out["auc"].t_p for row, out in rows.items() if row[0] == mode}
+        for row, adjusted in holm(family).items():
+            rows[row]["auc_holm"] = adjusted
+    return rows
 
 
 def paired_statistics(records: Sequence[RoundRecord], baseline: str = "passive",
@@ -333,18 +381,23 @@ def paired_statistics(records: Sequence[RoundRecord], baseline: str = "passive",
     Returns:
       {row: {"baseline": the row compared with,
              "counts": {num_labels: `PairedStat` of accuracy - baseline, in points},
+             "auc": `PairedStat` of the AUC's difference (`summarize`'s AUC points,
+               the seeds where both curves have all of them),
+             "auc_holm": its t-test p Holm-adjusted over the mode's rows (`holm`:
+               the family of the mode's comparisons to the baseline),
              "wins" / "losses": label counts whose interval lies above / below 0}}.
     """
     grouped = _by_row_seed(records)
     smallest = _smallest_counts(records)
+    auc_counts = summarize(records)["auc_counts"]
     out = {}
     for mode, strategy in _rows(records):
         base = _baseline_row(grouped, mode, baseline)
         if strategy == baseline or base is None:
             continue
         out[(mode, strategy)] = _paired_row(grouped, (mode, strategy), base, smallest[mode],
-                                            confidence)
-    return out
+                                            auc_counts[mode], confidence)
+    return _with_holm(out)
 
 
 def _is_npc(strategy: str) -> bool:
@@ -368,14 +421,18 @@ def peer_statistics(records: Sequence[RoundRecord], baseline: str = "passive",
                     confidence: float = 0.95) -> dict:
     """`paired_statistics` of every NPC row against its mode's best peer (`best_peers`).
 
-    Returns: {npc row: {"baseline": the peer row, "counts", "wins", "losses"}}.
+    Returns: {npc row: {"baseline": the peer row, "counts", "auc", "auc_holm" (over
+    the mode's NPC rows), "wins", "losses"}}.
     """
     grouped = _by_row_seed(records)
     smallest = _smallest_counts(records)
+    auc_counts = summarize(records)["auc_counts"]
     peers = best_peers(records, baseline)
-    return {(mode, strategy): _paired_row(grouped, (mode, strategy), peers[mode],
-                                          smallest[mode], confidence)
-            for mode, strategy in _rows(records) if _is_npc(strategy) and mode in peers}
+    return _with_holm({(mode, strategy): _paired_row(grouped, (mode, strategy), peers[mode],
+                                                     smallest[mode], auc_counts[mode],
+                                                     confidence)
+                       for mode, strategy in _rows(records)
+                       if _is_npc(strategy) and mode in peers})
 
 
 # -- cold start and cost -----------------------------------------------------------------
@@ -798,9 +855,11 @@ def _paired_table(paired: dict, with_baseline: bool) -> list[str]:
                      *([row["baseline"][1]] if with_baseline else []),
                      *(_paired_cell(row["counts"][n], seeds) if n in row["counts"] else "—"
                        for n in counts),
+                     _paired_cell(row["auc"], seeds) if row["auc"].n else "—",
+                     _p_value(row["auc_holm"]),
                      str(row["wins"]), str(row["losses"]), str(seeds)])
     header = ["strategy", "mode", *(["peer"] if with_baseline else []), *map(str, counts),
-              "wins", "losses", "seeds"]
+              "AUC", "Holm p", "wins", "losses", "seeds"]
     return _table(header, body, 3 if with_baseline else 2)
 
 
@@ -817,8 +876,13 @@ def _paired_statistics_section(records: Sequence[RoundRecord], summary: dict) ->
              "t(0.975, n − 1) · s / √n (scipy.stats.t, s the sample std; [—] when n < 2); p is "
              "the two-sided Wilcoxon signed-rank test of the same differences "
              "(scipy.stats.wilcoxon, zero differences dropped; — when n < 2 or every "
-             "difference is 0). Bold: the interval excludes 0. wins / losses: the label counts "
-             "whose interval lies above / below 0. ⚠n=k: fewer seeds than the row's most.", ""]
+             "difference is 0). Bold: the interval excludes 0. AUC: the same for the per-seed "
+             "difference of the AUCs (one comparison per row, the seeds with every AUC point). "
+             "Holm p: the AUC difference's paired t-test p-value, Holm-adjusted over the "
+             "table's rows of the same mode (the family of comparisons; below 0.05 keeps the "
+             "family-wise error under 5 % where the per-row intervals do not). wins / losses: "
+             "the label counts whose interval lies above / below 0. ⚠n=k: fewer seeds than the "
+             "row's most.", ""]
     if to_passive:
         borrowed = {mode: row["baseline"][0] for (mode, _), row in to_passive.items()
                     if row["baseline"][0] != mode}

@@ -325,6 +325,33 @@ def test_paired_test_by_hand():
     single = report.paired_test([5.0])
     assert math.isnan(single.low) and math.isnan(single.high) and math.isnan(single.p)
     assert report.paired_test([]).n == 0
+    assert stat.t_p == pytest.approx(scipy.stats.ttest_1samp(d, 0.0).pvalue)
+    assert math.isnan(single.t_p)
+    assert zeros.t_p == 1.0 and report.paired_test([2.0, 2.0]).t_p == 0.0
+
+
+def test_paired_t_p_value_agrees_with_the_interval():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        d = rng.normal(rng.uniform(-2, 2), rng.uniform(0.1, 3), size=rng.integers(2, 12))
+        stat = report.paired_test(d)
+        assert stat.t_p == pytest.approx(scipy.stats.ttest_1samp(d, 0.0).pvalue)
+        assert (stat.t_p < 0.05) == (stat.low > 0 or stat.high < 0)
+        assert (report.paired_test(d, confidence=0.9).t_p < 0.1) == (
+            report.paired_test(d, confidence=0.9).low > 0
+            or report.paired_test(d, confidence=0.9).high < 0)
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.03, 0.04: 3 × 0.01, max(0.03, 2 × 0.03), max(0.06, 1 × 0.04)
+    adjusted = report.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": math.nan})
+    assert adjusted["a"] == pytest.approx(0.03)
+    assert adjusted["c"] == pytest.approx(0.06) and adjusted["b"] == pytest.approx(0.06)
+    assert math.isnan(adjusted["d"])                       # not in the family: m = 3
+    assert report.holm({"a": 0.4, "b": 0.5}) == {"a": 0.8, "b": 0.8}   # capped monotone
+    assert report.holm({"a": 0.6, "b": 0.7}) == {"a": 1.0, "b": 1.0}   # capped at 1
+    assert report.holm({"only": 0.02}) == {"only": 0.02}
+    assert report.holm({}) == {}
 
 
 def _offset_runs(mode, strategy, base, offsets):
@@ -353,10 +380,33 @@ def test_paired_statistics_intervals_wins_and_losses():
     assert at_30.p == pytest.approx(0.25)           # exact: 3 positive signs of 3
     assert at_50.p == pytest.approx(scipy.stats.wilcoxon([-5, 5, 3]).pvalue, rel=1e-6)
     assert (row["wins"], row["losses"]) == (1, 1)   # 30 above 0, 70 below, 50 neither
+    # AUC over 10/30/50/70 (10 shared: difference 0): per seed 0.25, 2.75, 3.0
+    auc_diffs = [(0 + 10 - 5 - 4) / 4, (0 + 12 + 5 - 6) / 4, (0 + 14 + 3 - 5) / 4]
+    assert row["auc"].n == 3 and row["auc"].mean == pytest.approx(np.mean(auc_diffs))
+    assert row["auc"].t_p == pytest.approx(scipy.stats.ttest_1samp(auc_diffs, 0).pvalue)
+    assert row["auc_holm"] == pytest.approx(row["auc"].t_p)   # a family of one
     text = report.report_markdown(records)
     assert "### To passive" in text and "t(0.975, n − 1)" in text
     assert f"**+12.00 [{12 - half:+.2f}, {12 + half:+.2f}]** p=0.250" in text
     assert "| npc | ASSL | **+12.00" in text and "| 1 | 1 | 3 |" in text
+    assert "| AUC | Holm p | wins |" in text
+    assert f"+2.00 [{row['auc'].low:+.2f}, {row['auc'].high:+.2f}]" in text
+
+
+def test_holm_family_is_a_mode_s_rows():
+    records = (_offset_runs("assl", "passive", BASE, [[0, 0, 0]] * 3)
+               + _offset_runs("assl", "npc", BASE, [[4, 4, 4], [5, 4, 6], [4, 5, 5]])
+               + _offset_runs("assl", "margin", BASE, [[1, -1, 2], [-2, 1, 0], [0, 3, -1]])
+               + _offset_runs("asl", "passive", BASE, [[0, 0, 0]] * 3)
+               + _offset_runs("asl", "npc", BASE, [[1, 2, 3], [3, 1, 1], [2, 2, 2]]))
+    stats = report.paired_statistics(records)
+    assl = {row: stats[row]["auc"].t_p for row in (("assl", "npc"), ("assl", "margin"))}
+    expected = report.holm(assl)
+    for row in assl:
+        assert stats[row]["auc_holm"] == pytest.approx(expected[row])
+    assert stats[("assl", "npc")]["auc_holm"] > stats[("assl", "npc")]["auc"].t_p
+    # ASL is its own family of one: unadjusted
+    assert stats[("asl", "npc")]["auc_holm"] == pytest.approx(stats[("asl", "npc")]["auc"].t_p)
 
 
 def test_best_peer_is_the_best_non_npc_non_passive_by_auc():
