@@ -194,11 +194,8 @@ def summarize(records: Sequence[RoundRecord]) -> dict:
                    "incomplete": {seed: the mode's AUC points it misses}}}, in report order.
     """
     grouped = _by_row_seed(records)
-    label_counts = collections.defaultdict(set)
-    for mode, r in _with_modes(records):
-        label_counts[mode].add(r.num_labels)
-    label_counts = {mode: sorted(label_counts[mode]) for mode in _modes(records)}
-    auc_counts = {mode: [n for n in counts if n > 0] for mode, counts in label_counts.items()}
+    label_counts = _label_counts(records)
+    auc_counts = _auc_counts(label_counts)
     rows = {}
     for row in _rows(records):
         # Rounds without a test accuracy (data with no labelled test split) are skipped.
@@ -218,29 +215,44 @@ def summarize(records: Sequence[RoundRecord]) -> dict:
             "rows": rows}
 
 
+def _label_counts(records: Sequence[RoundRecord]) -> dict[str, list[int]]:
+    """{mode: the sorted label counts of its records}, modes in report order."""
+    counts = collections.defaultdict(set)
+    for mode, r in _with_modes(records):
+        counts[mode].add(r.num_labels)
+    return {mode: sorted(counts[mode]) for mode in _modes(records)}
+
+
+def _auc_counts(label_counts: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
+    """{mode: the AUC's points}: its label counts but 0 (a cold start's round 0)."""
+    return {mode: [n for n in counts if n > 0] for mode, counts in label_counts.items()}
+
+
 def _accuracies(by_round: Mapping[int, RoundRecord]) -> dict[int, float]:
     """{num_labels: test accuracy in %} of one seed's rounds (those with an accuracy)."""
     return {r.num_labels: 100.0 * r.test_accuracy for r in by_round.values()
             if r.test_accuracy is not None}
 
 
+def _common_curves(grouped, row: Row, base: Row):
+    """(row's, base's) {num_labels: accuracy in %} for each seed both have, by seed."""
+    mine, theirs = grouped[row], grouped[base]
+    for seed in sorted(set(mine) & set(theirs)):
+        yield _accuracies(mine[seed]), _accuracies(theirs[seed])
+
+
 def _differences(grouped, row: Row, base: Row, above: int) -> dict[int, list[float]]:
     """{num_labels > above: [row's accuracy - base's, per common seed, by seed]}."""
-    mine, theirs = grouped[row], grouped[base]
     per_count = collections.defaultdict(list)
-    for seed in sorted(set(mine) & set(theirs)):
-        a, b = _accuracies(mine[seed]), _accuracies(theirs[seed])
+    for a, b in _common_curves(grouped, row, base):
         for n in sorted(set(a) & set(b)):
             per_count[n].append(a[n] - b[n])
     return {n: d for n, d in sorted(per_count.items()) if n > above}
 
 
-def _smallest_counts(records: Sequence[RoundRecord]) -> dict[str, int]:
+def _smallest_counts(label_counts: Mapping[str, Sequence[int]]) -> dict[str, int]:
     """{mode: its smallest label count} (where a mode's rows share the round-0 model)."""
-    smallest = {}
-    for mode, r in _with_modes(records):
-        smallest[mode] = min(smallest.get(mode, r.num_labels), r.num_labels)
-    return smallest
+    return {mode: counts[0] for mode, counts in label_counts.items()}
 
 
 def _baseline_row(grouped, mode: str, baseline: str) -> Row | None:
@@ -268,7 +280,7 @@ def paired_differences(records: Sequence[RoundRecord], baseline: str = "passive"
       counts above the mode's smallest (where all rows share the model).
     """
     grouped = _by_row_seed(records)
-    smallest = _smallest_counts(records)
+    smallest = _smallest_counts(_label_counts(records))
     out = {}
     for mode, strategy in _rows(records):
         base = grouped.get((mode, baseline))
@@ -341,13 +353,8 @@ def holm(p_values: Mapping) -> dict:
 
 def _auc_differences(grouped, row: Row, base: Row, counts: Sequence[int]) -> list[float]:
     """[row's AUC - base's, per common seed whose two curves have every count]."""
-    mine, theirs = grouped[row], grouped[base]
-    out = []
-    for seed in sorted(set(mine) & set(theirs)):
-        a, b = _accuracies(mine[seed]), _accuracies(theirs[seed])
-        if counts and all(n in a and n in b for n in counts):
-            out.append(auc(a, counts) - auc(b, counts))
-    return out
+    return [auc(a, counts) - auc(b, counts) for a, b in _common_curves(grouped, row, base)
+            if counts and all(n in a and n in b for n in counts)]
 
 
 def _paired_row(grouped, row: Row, base: Row, above: int, auc_counts: Sequence[int],
@@ -388,8 +395,9 @@ def paired_statistics(records: Sequence[RoundRecord], baseline: str = "passive",
              "wins" / "losses": label counts whose interval lies above / below 0}}.
     """
     grouped = _by_row_seed(records)
-    smallest = _smallest_counts(records)
-    auc_counts = summarize(records)["auc_counts"]
+    label_counts = _label_counts(records)
+    smallest = _smallest_counts(label_counts)
+    auc_counts = _auc_counts(label_counts)
     out = {}
     for mode, strategy in _rows(records):
         base = _baseline_row(grouped, mode, baseline)
@@ -425,8 +433,9 @@ def peer_statistics(records: Sequence[RoundRecord], baseline: str = "passive",
     the mode's NPC rows), "wins", "losses"}}.
     """
     grouped = _by_row_seed(records)
-    smallest = _smallest_counts(records)
-    auc_counts = summarize(records)["auc_counts"]
+    label_counts = _label_counts(records)
+    smallest = _smallest_counts(label_counts)
+    auc_counts = _auc_counts(label_counts)
     peers = best_peers(records, baseline)
     return _with_holm({(mode, strategy): _paired_row(grouped, (mode, strategy), peers[mode],
                                                      smallest[mode], auc_counts[mode],
